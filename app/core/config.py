@@ -1,0 +1,57 @@
+"""All of Retune's configuration, read once from ``RETUNE_*`` environment variables.
+
+The defaults give the embedded mode (SQLite file + a SQLAlchemy-backed Celery broker under
+``./data``) so that one command runs everything on a laptop; production sets the two URLs to
+PostgreSQL and Redis and changes nothing else.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RETUNE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Datasets, models, indexes and the embedded DB.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir.")
+    broker_url: str | None = Field(None, description="Celery broker; default: sqla+sqlite under data_dir.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    queue: str = Field("retune", description="Celery queue the API sends to and workers consume.")
+    worker_concurrency: int = Field(2, description="Tasks one embedded worker runs at once.")
+    default_base_model: str = Field("all-MiniLM-L6-v2", description="Model id used when a job names no base model.")
+    device: str | None = Field(None, description="torch device for workers; default cuda when present.")
+    model_cache_size: int = Field(4, description="Models kept loaded per process for /search.")
+
+    # Input bounds (a request over a bound is a 4xx, never an out-of-memory).
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_upload_lines: int = 2_000_000
+    max_text_chars: int = 100_000
+    max_recall_k: int = 1000
+    max_top_k: int = 100
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'retune.sqlite').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("sqla+")
+
+    def ensure_dirs(self) -> None:
+        for sub in ("datasets", "models", "indexes", "tmp"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

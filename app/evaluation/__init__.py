@@ -1,0 +1,1 @@
+"""IR evaluation: metrics (pytrec_eval), held-out splits, retrieval and rerank evaluation."""

@@ -1,0 +1,1 @@
+"""Inference side of the engine: embedders, FAISS indexes, rerankers. No HTTP, no SQL."""

@@ -1,0 +1,75 @@
+"""Cross-encoder rerankers, and the guard against serving a head that was never trained.
+
+Loading an embedding checkpoint as a sequence classifier makes transformers create a fresh,
+random ``classifier`` layer: scores are then noise and differ from process to process. The guard
+asks transformers which weights were missing from (or did not fit) the checkpoint and refuses
+such a model unless the caller forces it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app.core.errors import UntrainedHeadError
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
+
+
+def untrained_head_weights(path: str) -> list[str]:
+    """Names of the weights transformers had to initialise randomly when loading ``path`` with one logit."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        _, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, output_loading_info=True, trust_remote_code=False
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = set(info.get("missing_keys") or ())
+    missing |= {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()}
+    return sorted(missing)
+
+
+def ensure_trained_head(path: str, name: str) -> None:
+    missing = untrained_head_weights(path)
+    if missing:
+        raise UntrainedHeadError(
+            f"model '{name}' has a classification head that was never trained "
+            f"(randomly initialised: {', '.join(missing)}); its scores would be random. "
+            "Train a reranker with a 'reranker' job, or pass force=true to use it anyway."
+        )
+
+
+def load_reranker(path: str, device: str, max_length: int | None = None) -> CrossEncoder:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(path, num_labels=1, device=device, activation_fn=torch.nn.Identity(), trust_remote_code=False)
+    if max_length:
+        model.max_seq_length = max_length
+    model.eval()
+    return model
+
+
+def rerank_logits(model: CrossEncoder, query: str, passages: list[str], batch_size: int = 32) -> np.ndarray:
+    """Raw logits for (query, passage) pairs; CrossEncoder.predict sorts by length to limit padding."""
+    if not passages:
+        return np.zeros(0, dtype=np.float32)
+    scores = model.predict(
+        [(query, p) for p in passages],
+        batch_size=batch_size,
+        show_progress_bar=False,
+        convert_to_numpy=True,
+    )
+    return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))

@@ -1,0 +1,61 @@
+"""A transformers TrainerCallback that reports loss, polls cancellation and evaluates on schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from app.training.observer import TrainingObserver
+
+
+class ObserverCallback(TrainerCallback):
+    def __init__(
+        self,
+        observer: TrainingObserver,
+        evaluate: Callable[[int, float], None],
+        eval_steps: int | None,
+    ) -> None:
+        self.observer = observer
+        self.evaluate = evaluate
+        self.eval_steps = eval_steps
+        self.last_evaluated_step = -1
+        self.cancelled = False
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kw):
+        if logs and "loss" in logs:
+            self.observer.on_metric(state.global_step, float(state.epoch or 0.0), "loss", float(logs["loss"]), "train")
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw):
+        self.observer.on_progress(state.global_step, state.max_steps)
+        if self.observer.should_stop():
+            self.cancelled = True
+            control.should_training_stop = True
+            return
+        if self.eval_steps and state.global_step % self.eval_steps == 0 and state.global_step < state.max_steps:
+            self.evaluate(state.global_step, float(state.epoch or 0.0))
+            self.last_evaluated_step = state.global_step
+
+
+class BestModel:
+    """Keeps the best evaluated training state on disk; the base model's score is the bar to beat."""
+
+    def __init__(self, metric: str, save: Callable[[], None]) -> None:
+        self.metric = metric
+        self.save = save
+        self.base_value: float | None = None
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+
+    def offer(self, step: int, metrics: dict[str, float]) -> None:
+        value = metrics[self.metric]
+        if step == 0:
+            self.base_value = value
+            return
+        if self.best_value is None or value > self.best_value:
+            self.best_value, self.best_step = value, step
+            self.save()
+
+    @property
+    def better_than_base(self) -> bool:
+        return self.best_value is not None and self.base_value is not None and self.best_value > self.base_value

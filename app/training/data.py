@@ -1,0 +1,127 @@
+"""Turn a stored dataset into training queries and a held-out evaluation split.
+
+The rule that matters: no evaluation query is ever trained on. Queries are held out by id, and a
+training query whose text equals a held-out query's text is dropped too (BEIR sets repeat texts).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.evaluation.splits import holdout_split
+from app.ingest import (
+    Document,
+    read_retrieval_set,
+    read_training_examples,
+    training_examples_to_retrieval_set,
+)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Either a named qrels split, or a fraction of the training queries set aside by seed."""
+
+    split: str | None = None
+    holdout_fraction: float | None = None
+    seed: int = 42
+
+    @property
+    def label(self) -> str:
+        if self.split:
+            return self.split
+        return f"heldout-{self.holdout_fraction:g}-seed{self.seed}"
+
+
+@dataclass
+class PreparedData:
+    corpus: dict[str, Document]
+    train_queries: dict[str, str]
+    train_qrels: dict[str, dict[str, int]]
+    eval_queries: dict[str, str]
+    eval_qrels: dict[str, dict[str, int]]
+    eval_label: str
+    # Negatives that came with the dataset (FlagEmbedding JSONL), by training query id.
+    dataset_negatives: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def grades(self) -> list[int]:
+        return sorted({g for docs in self.train_qrels.values() for g in docs.values()})
+
+
+def prepare(dataset_dir: Path, dataset_format: str, spec: EvalSpec, train_split: str = "train") -> PreparedData:
+    if dataset_format == "training_jsonl":
+        examples = read_training_examples(dataset_dir)
+        rs = training_examples_to_retrieval_set(examples)
+        text_to_doc = {doc.text: did for did, doc in rs.corpus.items()}
+        query_to_id = {text: qid for qid, text in rs.queries.items()}
+        negatives: dict[str, list[str]] = {}
+        for ex in examples:
+            bucket = negatives.setdefault(query_to_id[ex.query], [])
+            bucket.extend(text_to_doc[n] for n in ex.neg if text_to_doc[n] not in bucket)
+        train_split = "train"
+    else:
+        rs = read_retrieval_set(dataset_dir)
+        negatives = {}
+
+    if train_split not in rs.qrels:
+        raise ValueError(f"the dataset has no qrels split '{train_split}' (it has: {', '.join(sorted(rs.qrels))})")
+    candidates = rs.qrels[train_split]
+
+    if spec.split:
+        if spec.split not in rs.qrels:
+            raise ValueError(f"the dataset has no qrels split '{spec.split}' (it has: {', '.join(sorted(rs.qrels))})")
+        if spec.split == train_split:
+            raise ValueError("the evaluation split must differ from the training split; use holdout_fraction")
+        eval_qrels = rs.qrels[spec.split]
+        train_ids = [q for q in candidates if q not in eval_qrels]
+    else:
+        train_ids, eval_ids = holdout_split(candidates, spec.holdout_fraction or 0.2, spec.seed)
+        eval_qrels = {q: candidates[q] for q in eval_ids}
+
+    eval_texts = {rs.queries[q].strip().lower() for q in eval_qrels}
+    train_ids = [q for q in train_ids if rs.queries[q].strip().lower() not in eval_texts]
+    train_qrels = {q: candidates[q] for q in train_ids if any(g > 0 for g in candidates[q].values())}
+    if not train_qrels:
+        raise ValueError("no training query with a relevant document is left after holding out the evaluation split")
+    return PreparedData(
+        corpus=rs.corpus,
+        train_queries={q: rs.queries[q] for q in train_qrels},
+        train_qrels=train_qrels,
+        eval_queries={q: rs.queries[q] for q in eval_qrels},
+        eval_qrels={q: dict(d) for q, d in eval_qrels.items()},
+        eval_label=spec.label,
+        dataset_negatives={q: n for q, n in negatives.items() if q in train_qrels},
+    )
+
+
+def mine_negatives(
+    query_vectors: np.ndarray,
+    query_ids: list[str],
+    corpus_vectors: np.ndarray,
+    doc_ids: list[str],
+    judged: Mapping[str, Mapping[str, int]],
+    rank_range: tuple[int, int],
+    per_query: int,
+    seed: int,
+) -> dict[str, list[str]]:
+    """Hard negatives from a model's ranks ``[lo, hi)``, never a judged document.
+
+    Written here rather than calling ``sentence_transformers.util.mine_hard_negatives`` because the
+    trainer already holds the corpus vectors from the step-0 evaluation: reusing them saves a full
+    corpus encoding (minutes on a CPU).
+    """
+    from app.retrieval.vector_index import VectorIndex
+
+    lo, hi = rank_range
+    hits = VectorIndex.build(corpus_vectors, doc_ids).search(query_vectors, hi)
+    rng = random.Random(seed)
+    mined: dict[str, list[str]] = {}
+    for qid, ranking in zip(query_ids, hits, strict=True):
+        pool = [d for d, _ in ranking[lo:hi] if d not in judged.get(qid, {})]
+        mined[qid] = rng.sample(pool, min(per_query, len(pool)))
+    return mined

@@ -1,0 +1,175 @@
+"""Contrastive fine-tuning of a bi-encoder with sentence-transformers.
+
+Loss: MultipleNegativesRankingLoss (InfoNCE over in-batch negatives plus each query's hard
+negatives, scale = 1/temperature), or its GradCache twin CachedMultipleNegativesRankingLoss when a
+large batch must fit in little memory. Batches never hold the same text twice (a duplicate would
+be a false in-batch negative).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.evaluation.retrieval import evaluate_embedder
+from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder
+from app.training.callbacks import BestModel, ObserverCallback
+from app.training.data import PreparedData, mine_negatives
+from app.training.observer import TrainingCancelled, TrainingObserver
+from app.training.params import EmbedderParams
+
+
+@dataclass
+class TrainingOutcome:
+    model_dir: Path
+    config: dict[str, Any]
+    better_than_base: bool
+    base_value: float | None
+    best_value: float | None
+    best_step: int | None
+    metric: str
+
+
+def precision_flags(device: str) -> dict[str, bool]:
+    """bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU."""
+    if not device.startswith("cuda"):
+        return {}
+    import torch
+
+    return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+
+
+def _negatives_for(
+    qid: str, data: PreparedData, mined: dict[str, list[str]], params: EmbedderParams, rng: random.Random
+) -> list[str]:
+    wanted = params.train_group_size - 1
+    source = params.hard_negatives
+    if source == "auto":
+        source = "dataset" if data.dataset_negatives.get(qid) else "mine"
+    pool = list(data.dataset_negatives.get(qid, [])) if source == "dataset" else list(mined.get(qid, []))
+    chosen = rng.sample(pool, min(wanted, len(pool)))
+    # Top up with random corpus documents so every row has the same number of columns.
+    judged = data.train_qrels[qid]
+    doc_ids = list(data.corpus)
+    while len(chosen) < wanted and len(doc_ids) > len(judged) + len(chosen):
+        doc = rng.choice(doc_ids)
+        if doc not in judged and doc not in chosen:
+            chosen.append(doc)
+    return chosen
+
+
+def train_embedder(
+    base_path: str,
+    data: PreparedData,
+    params: EmbedderParams,
+    work_dir: Path,
+    observer: TrainingObserver,
+    device: str,
+) -> TrainingOutcome:
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer import losses
+
+    rng = random.Random(params.seed)
+    model = load_embedder(base_path, device, params.passage_max_len)
+    config = EmbedderConfig(
+        query_instruction=params.query_instruction,
+        query_instruction_format=params.query_instruction_format,
+        passage_instruction=params.passage_instruction,
+        normalize=params.normalize,
+        max_seq_length=params.passage_max_len,
+    )
+    if config.query_instruction or config.passage_instruction:
+        # Saved with the model, so people who load it elsewhere (encode_query) get the same prefixes.
+        # Retune itself applies them explicitly through EmbedderConfig, never through prompts.
+        model.prompts = {"query": config.format_query(""), "document": config.passage_instruction}
+    best_dir = work_dir / "best"
+    best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))
+
+    def evaluate(step: int, epoch: float):
+        result = evaluate_embedder(model, config, data.corpus, data.eval_queries, data.eval_qrels)
+        for name, value in result.metrics.items():
+            observer.on_metric(step, epoch, name, value, data.eval_label)
+        best.offer(step, result.metrics)
+        return result
+
+    base = evaluate(0, 0.0)
+
+    mined: dict[str, list[str]] = {}
+    needs_mining = params.train_group_size > 1 and (
+        params.hard_negatives == "mine"
+        or (params.hard_negatives == "auto" and any(q not in data.dataset_negatives for q in data.train_qrels))
+    )
+    if needs_mining:
+        # The step-0 evaluation encoded the whole corpus with the base model: mine from those vectors.
+        train_ids = list(data.train_queries)
+        query_vectors = encode_queries(model, config, [data.train_queries[q] for q in train_ids])
+        mined = mine_negatives(
+            query_vectors, train_ids, base.corpus_vectors, base.doc_ids, data.train_qrels,
+            params.negative_rank_range, params.train_group_size - 1, params.seed,
+        )  # fmt: skip
+
+    rows: dict[str, list[str]] = {"anchor": [], "positive": []}
+    for i in range(params.train_group_size - 1):
+        rows[f"negative_{i + 1}"] = []
+    for qid, judged in data.train_qrels.items():
+        query = config.format_query(data.train_queries[qid])
+        for doc_id, grade in judged.items():
+            if grade <= 0:
+                continue
+            negatives = _negatives_for(qid, data, mined, params, rng)
+            if len(negatives) < params.train_group_size - 1:
+                continue  # corpus too small to fill the group; a rare edge in toy data
+            rows["anchor"].append(query)
+            rows["positive"].append(config.format_passage(data.corpus[doc_id]))
+            for i, neg in enumerate(negatives):
+                rows[f"negative_{i + 1}"].append(config.format_passage(data.corpus[neg]))
+    if not rows["anchor"]:
+        raise ValueError("no training pair could be built from the dataset")
+    train_dataset = Dataset.from_dict(rows)
+
+    scale = 1.0 / params.temperature
+    if params.cached_loss:
+        loss = losses.CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=params.mini_batch_size)
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model, scale=scale)
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work_dir / "trainer"),
+        num_train_epochs=params.epochs,
+        max_steps=params.max_steps or -1,
+        per_device_train_batch_size=min(params.batch_size, len(train_dataset)),
+        learning_rate=params.learning_rate,
+        warmup_steps=params.warmup_ratio,  # a float is a ratio in transformers v5
+        weight_decay=params.weight_decay,
+        seed=params.seed,
+        logging_steps=params.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        use_cpu=device == "cpu",
+        **precision_flags(device),
+    )
+    callback = ObserverCallback(observer, lambda s, e: evaluate(s, e), params.eval_steps)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback]
+    )
+    trainer.train()
+    if callback.cancelled:
+        raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}")
+    if callback.last_evaluated_step != trainer.state.global_step:
+        evaluate(trainer.state.global_step, float(trainer.state.epoch or 0.0))
+
+    return TrainingOutcome(
+        model_dir=best_dir,
+        config=config.to_dict(),
+        better_than_base=best.better_than_base,
+        base_value=best.base_value,
+        best_value=best.best_value,
+        best_step=best.best_step,
+        metric=params.select_metric,
+    )

@@ -1,0 +1,23 @@
+"""The narrow interface between the training engine and whoever runs it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class TrainingCancelled(Exception):
+    """Raised by the engine after it stopped because the observer asked it to."""
+
+
+class TrainingObserver(Protocol):
+    def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
+        """A loss, an evaluation metric or a health figure, stored as it happens."""
+
+    def on_progress(self, step: int, total_steps: int) -> None: ...
+
+    def should_stop(self) -> bool:
+        """Polled every step: True once the user asked to cancel."""
+        ...
+
+    def on_message(self, text: str) -> None:
+        """A human-readable note for the job (e.g. 'model not better than base')."""

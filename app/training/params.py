@@ -1,0 +1,69 @@
+"""Job parameters, validated up front so that a typo is a 422 and not a failed job an hour later.
+
+Names follow FlagEmbedding / sentence-transformers where they exist (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(1.0, gt=0, le=100)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    learning_rate: float = Field(3e-5, gt=0, le=1e-2)
+    warmup_ratio: float = Field(0.1, ge=0, le=0.5)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    seed: int = 42
+    logging_steps: int = Field(5, ge=1, description="Loss is recorded every this many steps.")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate on the held-out split every this many steps (also at 0 and the end)."
+    )
+    select_metric: Literal["ndcg@10", "recall@100", "mrr@10"] = "ndcg@10"
+    train_split: str = Field("train", description="BEIR qrels split to train on.")
+
+
+class EmbedderParams(_Params):
+    batch_size: int = Field(32, ge=2, le=4096)
+    temperature: float = Field(0.02, gt=0, le=1, description="Softmax temperature; scale = 1/temperature.")
+    train_group_size: int = Field(2, ge=1, le=64, description="1 positive + N-1 hard negatives per query.")
+    hard_negatives: Literal["auto", "dataset", "mine", "none"] = Field(
+        "auto",
+        description="auto: the dataset's negatives when it has them, else mined from the base model.",
+    )
+    negative_rank_range: tuple[int, int] = Field((10, 50), description="Mined negatives come from these ranks.")
+    passage_max_len: int = Field(256, ge=16, le=8192)
+    query_instruction: str = Field("", max_length=1000)
+    query_instruction_format: str = Field("{}{}", max_length=100)
+    passage_instruction: str = Field("", max_length=1000)
+    normalize: bool = True
+    cached_loss: bool = Field(False, description="GradCache (CachedMultipleNegativesRankingLoss).")
+    mini_batch_size: int = Field(32, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbedderParams:
+        lo, hi = self.negative_rank_range
+        if not 0 <= lo < hi:
+            raise ValueError("negative_rank_range must be (lo, hi) with 0 <= lo < hi")
+        if self.query_instruction_format.count("{}") != 2:
+            raise ValueError("query_instruction_format must contain two '{}' (instruction, query)")
+        return self
+
+
+class RerankerParams(_Params):
+    learning_rate: float = Field(1e-4, gt=0, le=1e-2)
+    batch_size: int = Field(8, ge=1, le=1024, description="Queries per batch (each with its group).")
+    loss: Literal["listwise", "bce"] = Field(
+        "listwise", description="listwise: softmax cross-entropy against softmax(grade * label_scale)."
+    )
+    label_scale: float = Field(2.0, gt=0, le=50)
+    group_size: int = Field(8, ge=2, le=128, description="Passages per query: its judged ones + mined negatives.")
+    candidate_model: str | None = Field(
+        None, description="Embedder that mines negatives and gives evaluation candidates (default: bundled)."
+    )
+    recall_k: int = Field(100, ge=1, le=1000, description="First-stage candidates reranked at evaluation.")
+    max_length: int = Field(256, ge=16, le=8192)

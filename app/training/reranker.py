@@ -1,0 +1,162 @@
+"""Cross-encoder reranker training from any body (by default the bundled MiniLM with a new head).
+
+Groups are one query's judged passages plus unjudged passages mined from a first-stage embedder.
+Default loss is listwise (ListNet: cross-entropy between softmax(grades * label_scale) and
+softmax(scores)), which uses graded labels as grades: treating every grade > 0 as "positive" is
+what made other tools' rerankers collapse. Pointwise BCE is available for comparison.
+
+Evaluation is two-stage, as the reranker is used: the first-stage embedder's top ``recall_k`` on the
+held-out queries, reranked. The bar to beat is the first stage alone: a reranker that does not
+improve on it is marked as not better than base.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker
+from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
+from app.retrieval.reranker import load_reranker
+from app.training.callbacks import BestModel, ObserverCallback
+from app.training.data import PreparedData, mine_negatives
+from app.training.embedder import TrainingOutcome, precision_flags
+from app.training.observer import TrainingCancelled, TrainingObserver
+from app.training.params import RerankerParams
+
+# Collapse watch: logits whose per-query spread is below this carry no ranking.
+COLLAPSE_STD = 1e-2
+RERANKER_MARKER = "retune_reranker.json"
+
+
+def train_reranker(
+    base_path: str,
+    data: PreparedData,
+    params: RerankerParams,
+    work_dir: Path,
+    observer: TrainingObserver,
+    device: str,
+    candidate_path: str,
+    candidate_config: EmbedderConfig,
+) -> TrainingOutcome:
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments, losses
+
+    rng = random.Random(params.seed)
+
+    # First stage: candidates for evaluation and hard negatives for training, one corpus encoding.
+    embedder = load_embedder(candidate_path, device, candidate_config.max_seq_length)
+    first = evaluate_embedder(
+        embedder, candidate_config, data.corpus, data.eval_queries, data.eval_qrels, top_k=params.recall_k
+    )
+    for name, value in first.metrics.items():
+        observer.on_metric(0, 0.0, name, value, f"{data.eval_label}/first_stage")
+    train_ids = list(data.train_queries)
+    mined = mine_negatives(
+        encode_queries(embedder, candidate_config, [data.train_queries[q] for q in train_ids]),
+        train_ids, first.corpus_vectors, first.doc_ids, data.train_qrels,
+        (0, max(params.group_size * 4, 30)), params.group_size, params.seed,
+    )  # fmt: skip
+    del embedder
+
+    model = load_reranker(base_path, device, params.max_length)
+    best_dir = work_dir / "best"
+
+    def save_best() -> None:
+        model.save(str(best_dir))
+        (best_dir / RERANKER_MARKER).write_text(json.dumps({"trained_by": "retune", "loss": params.loss}))
+
+    best = BestModel(params.select_metric, save=save_best)
+    # The first stage is the bar: the reranker must beat retrieval without it.
+    best.base_value = first.metrics[params.select_metric]
+
+    def evaluate(step: int, epoch: float) -> None:
+        result = evaluate_reranker(
+            model, first.run, data.corpus, data.eval_queries, data.eval_qrels, params.recall_k,
+            candidate_config.format_query,
+        )  # fmt: skip
+        for name, value in result.metrics.items():
+            observer.on_metric(step, epoch, name, value, data.eval_label)
+        observer.on_metric(step, epoch, "score_std", result.score_std, data.eval_label)
+        observer.on_metric(step, epoch, "positive_share", result.positive_share, data.eval_label)
+        collapsed = step > 0 and (
+            result.score_std < COLLAPSE_STD
+            or result.metrics[params.select_metric] < 0.5 * first.metrics[params.select_metric]
+        )
+        observer.on_metric(step, epoch, "collapsed", float(collapsed), data.eval_label)
+        if collapsed:
+            observer.on_message(
+                f"collapse warning at step {step}: score spread {result.score_std:.4f}, "
+                f"{params.select_metric} {result.metrics[params.select_metric]:.4f} "
+                f"vs first stage {first.metrics[params.select_metric]:.4f}"
+            )
+        if step > 0:
+            best.offer(step, result.metrics)
+
+    evaluate(0, 0.0)
+
+    queries, groups, labels = [], [], []
+    for qid, judged in data.train_qrels.items():
+        query = candidate_config.format_query(data.train_queries[qid])
+        positives = sorted(judged.items(), key=lambda kv: -kv[1])
+        docs = [d for d, _ in positives][: params.group_size - 1]
+        grades = [float(max(g, 0)) for _, g in positives][: len(docs)]
+        negatives = [d for d in mined.get(qid, []) if d not in judged][: params.group_size - len(docs)]
+        if not negatives:
+            negatives = [d for d in rng.sample(list(data.corpus), min(len(data.corpus), 8)) if d not in judged][:1]
+        docs += negatives
+        grades += [0.0] * len(negatives)
+        queries.append(query)
+        groups.append([passage_text(data.corpus[d]) for d in docs])
+        labels.append(grades)
+
+    if params.loss == "listwise":
+        train_dataset = Dataset.from_dict(
+            {"query": queries, "docs": groups, "labels": [[g * params.label_scale for g in ls] for ls in labels]}
+        )
+        loss = losses.ListNetLoss(model)
+    else:
+        pairs = [
+            (q, d, float(g > 0))
+            for q, ds, ls in zip(queries, groups, labels, strict=True)
+            for d, g in zip(ds, ls, strict=True)
+        ]
+        train_dataset = Dataset.from_dict(
+            {"query": [p[0] for p in pairs], "doc": [p[1] for p in pairs], "label": [p[2] for p in pairs]}
+        )
+        loss = losses.BinaryCrossEntropyLoss(model)
+
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(work_dir / "trainer"),
+        num_train_epochs=params.epochs,
+        max_steps=params.max_steps or -1,
+        per_device_train_batch_size=min(params.batch_size, len(train_dataset)),
+        learning_rate=params.learning_rate,
+        warmup_steps=params.warmup_ratio,  # a float is a ratio in transformers v5
+        weight_decay=params.weight_decay,
+        seed=params.seed,
+        logging_steps=params.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        **precision_flags(device),
+    )
+    callback = ObserverCallback(observer, evaluate, params.eval_steps)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback])
+    trainer.train()
+    if callback.cancelled:
+        raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}")
+    if callback.last_evaluated_step != trainer.state.global_step:
+        evaluate(trainer.state.global_step, float(trainer.state.epoch or 0.0))
+
+    return TrainingOutcome(
+        model_dir=best_dir,
+        config={"max_length": params.max_length, "candidate_model": params.candidate_model, "loss": params.loss},
+        better_than_base=best.better_than_base,
+        base_value=best.base_value,
+        best_value=best.best_value,
+        best_step=best.best_step,
+        metric=params.select_metric,
+    )
