@@ -1,0 +1,126 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Orm(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class DatasetOut(Orm):
+    id: str
+    name: str
+    format: str
+    stats: dict[str, Any]
+    created_at: datetime
+
+
+class ModelOut(Orm):
+    id: str
+    name: str
+    kind: str
+    source: str
+    base_model: str | None
+    job_id: str | None
+    config: dict[str, Any]
+    better_than_base: bool | None
+    created_at: datetime
+
+
+class EvalSpecIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    split: str | None = Field(None, description="A qrels split of a BEIR dataset, e.g. 'test'.")
+    holdout_fraction: float | None = Field(None, description="Share of training queries held out (default 0.2).")
+    seed: int = 42
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["embedder", "reranker"]
+    dataset_id: str
+    base_model: str | None = Field(None, description="Model id, local directory or Hugging Face id.")
+    eval: EvalSpecIn = Field(default_factory=EvalSpecIn)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobOut(Orm):
+    id: str
+    kind: str
+    status: str
+    dataset_id: str
+    base_model: str
+    params: dict[str, Any]
+    eval: dict[str, Any]
+    model_id: str | None
+    better_than_base: bool | None = None
+    step: int
+    total_steps: int | None
+    message: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class MetricPointOut(Orm):
+    step: int
+    epoch: float
+    name: str
+    value: float
+    split: str
+
+
+class MetricsOut(BaseModel):
+    job_id: str
+    points: list[MetricPointOut]
+
+
+class IndexIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str
+    model_id: str
+
+
+class IndexOut(Orm):
+    id: str
+    dataset_id: str
+    model_id: str
+    status: str
+    num_docs: int | None
+    dim: int | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SearchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index_id: str
+    query: str = Field(min_length=1, max_length=10_000)
+    top_k: int = Field(10, ge=1)
+    recall_k: int = Field(100, ge=1)
+    reranker_id: str | None = None
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Minimum normalised score (0..1).")
+    return_text: bool = True
+    force: bool = Field(False, description="Use a reranker even if its head was never trained.")
+
+
+class SearchHitOut(BaseModel):
+    doc_id: str
+    text: str | None
+    score: float = Field(description="sigmoid(rerank logit) when reranked, else the recall (cosine) score.")
+    recall_score: float
+    rerank_score: float | None = Field(description="Raw reranker logit.")
+
+
+class SearchOut(BaseModel):
+    results: list[SearchHitOut]

@@ -1,0 +1,85 @@
+"""``python -m app.cli serve``: migrate, start a Celery worker, serve the API. One command, one code path.
+
+``serve --no-worker`` is the API alone (production, where workers run as their own processes);
+``worker`` is a worker alone; ``migrate`` only migrates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+
+from app.core.config import get_settings
+
+
+def worker_command(concurrency: int) -> list[str]:
+    settings = get_settings()
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "-Q", settings.queue, "--pool", "threads", "-c", str(concurrency),
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM when `serve` dies, however it dies (uvicorn re-raises SIGTERM
+    after its graceful shutdown, so a `finally` in the parent is not enough)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def migrate() -> None:
+    from app.db.migrate import upgrade_to_head
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    upgrade_to_head(settings.resolved_database_url)
+
+
+def serve(with_worker: bool) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    migrate()
+    worker = (
+        subprocess.Popen(worker_command(settings.worker_concurrency), preexec_fn=_die_with_parent)
+        if with_worker
+        else None
+    )
+    try:
+        uvicorn.run("app.main:app", host=settings.host, port=settings.port, log_level="info")
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="retune")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_parser = sub.add_parser("serve", help="migrate, start a worker and the API")
+    serve_parser.add_argument("--no-worker", action="store_true", help="API only")
+    sub.add_parser("worker", help="a Celery worker only")
+    sub.add_parser("migrate", help="bring the database to the newest schema")
+    args = parser.parse_args(argv)
+    if args.command == "migrate":
+        migrate()
+        return 0
+    if args.command == "worker":
+        migrate()
+        return subprocess.call(worker_command(get_settings().worker_concurrency))
+    return serve(with_worker=not args.no_worker)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""The FastAPI application: routers, and one mapping from each user-fixable error to HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from app.api.routes import datasets, health, indexes, jobs, models, search
+from app.core.config import get_settings
+from app.core.errors import RetuneError
+from app.db.session import session_scope
+from app.ingest import DatasetFormatError, DatasetTooLargeError
+from app.services.models import ensure_bundled_models
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    get_settings().ensure_dirs()
+    with session_scope() as session:
+        ensure_bundled_models(session)
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Retune",
+        version="0.1.0",
+        description="Fine-tune text retrieval models (bi-encoders, rerankers) and serve two-stage search.",
+        lifespan=lifespan,
+    )
+    for module in (health, datasets, models, jobs, indexes, search):
+        app.include_router(module.router)
+
+    @app.exception_handler(RetuneError)
+    async def _retune_error(_: Request, exc: RetuneError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(DatasetFormatError)
+    async def _dataset_error(_: Request, exc: DatasetFormatError) -> JSONResponse:
+        code = 413 if isinstance(exc, DatasetTooLargeError) else 422
+        body = {"detail": str(exc), "file": exc.file, "line": exc.line, "field": exc.field}
+        return JSONResponse(body, status_code=code)
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse({"detail": "the database is unavailable; retry shortly"}, status_code=503)
+
+    return app
+
+
+app = create_app()

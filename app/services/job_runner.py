@@ -1,0 +1,166 @@
+"""Runs one job inside a worker: prepares data, calls the engine, stores metrics and the model.
+
+The engine reports through :class:`SqlObserver`, which writes each metric in its own short
+transaction, so a client polling ``GET /jobs/{id}/metrics`` sees them as they happen.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+
+from app.core.config import Settings, get_settings
+from app.db.session import session_scope
+from app.db.tables import Dataset, Job, MetricPoint, Model, new_id, utcnow
+from app.ingest import DatasetFormatError
+from app.retrieval.device import resolve_device
+from app.retrieval.embedder import EmbedderConfig
+from app.services import storage
+from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
+from app.training.data import EvalSpec, prepare
+from app.training.embedder import TrainingOutcome, train_embedder
+from app.training.observer import TrainingCancelled
+from app.training.params import EmbedderParams, RerankerParams
+from app.training.reranker import train_reranker
+
+log = logging.getLogger(__name__)
+
+
+class SqlObserver:
+    """Stores metrics and progress; polls the cancel flag at most once a second."""
+
+    def __init__(self, job_id: str, poll_seconds: float = 1.0) -> None:
+        self.job_id = job_id
+        self.poll_seconds = poll_seconds
+        self._last_poll = 0.0
+        self._stop = False
+
+    def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
+        with session_scope() as s:
+            s.add(MetricPoint(job_id=self.job_id, step=step, epoch=epoch, name=name, value=value, split=split))
+
+    def on_progress(self, step: int, total_steps: int) -> None:
+        with session_scope() as s:
+            job = s.get(Job, self.job_id)
+            if job is not None:
+                job.step, job.total_steps = step, total_steps
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._last_poll >= self.poll_seconds:
+            self._last_poll = now
+            with session_scope() as s:
+                job = s.get(Job, self.job_id)
+                self._stop = job is None or job.cancel_requested
+        return self._stop
+
+    def on_message(self, text: str) -> None:
+        with session_scope() as s:
+            job = s.get(Job, self.job_id)
+            if job is not None:
+                job.message = f"{job.message}\n{text}" if job.message else text
+
+
+def _claim(job_id: str) -> Job | None:
+    """Mark the job running; None when it was cancelled, finished, or deleted meanwhile."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.status in {"succeeded", "failed", "cancelled"}:
+            return None
+        if job.cancel_requested:
+            job.status, job.finished_at = "cancelled", utcnow()
+            return None
+        job.status, job.started_at, job.error = "running", utcnow(), None
+        s.flush()
+        s.expunge(job)
+        return job
+
+
+def _finish(job_id: str, status: str, **fields: object) -> None:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return
+        job.status, job.finished_at = status, utcnow()
+        for key, value in fields.items():
+            setattr(job, key, value)
+
+
+def run_job(job_id: str, settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    job = _claim(job_id)
+    if job is None:
+        log.info("job %s: nothing to do", job_id)
+        return
+    observer = SqlObserver(job_id)
+    model_id = new_id()
+    work_dir = storage.staging_dir(settings)
+    try:
+        with session_scope() as s:
+            dataset = s.get(Dataset, job.dataset_id)
+            if dataset is None:
+                raise ValueError(f"dataset '{job.dataset_id}' no longer exists")
+            dataset_dir = storage.absolute(settings, dataset.path)
+            dataset_format = dataset.format
+            base_path, _ = resolve_base_model(s, settings, job.base_model)
+            candidate_ref = job.params.get("candidate_model") or BUNDLED_MODEL_ID
+            candidate_path, candidate_row = resolve_base_model(s, settings, candidate_ref)
+            candidate_config = EmbedderConfig.from_dict(candidate_row.config if candidate_row else None)
+
+        spec = EvalSpec(split=job.eval.get("split"), holdout_fraction=job.eval.get("holdout_fraction"),
+                        seed=job.eval.get("seed", 42))  # fmt: skip
+        data = prepare(dataset_dir, dataset_format, spec, train_split=job.params.get("train_split", "train"))
+        device = resolve_device(settings.device)
+        observer.on_message(
+            f"training on {len(data.train_queries)} queries, evaluating on {len(data.eval_queries)} held-out "
+            f"queries ({data.eval_label}) against {len(data.corpus)} documents, device {device}"
+        )
+        outcome: TrainingOutcome
+        if job.kind == "embedder":
+            outcome = train_embedder(base_path, data, EmbedderParams(**job.params), work_dir, observer, device)
+        else:
+            outcome = train_reranker(
+                base_path, data, RerankerParams(**job.params), work_dir, observer, device,
+                candidate_path, candidate_config,
+            )  # fmt: skip
+        if not outcome.model_dir.exists():
+            raise RuntimeError("training finished without an evaluated model to keep")
+
+        final = storage.absolute(settings, storage.model_rel(model_id))
+        shutil.move(str(outcome.model_dir), final)
+        verdict = (
+            f"best {outcome.metric} {outcome.best_value:.4f} at step {outcome.best_step}"
+            f" vs base {outcome.base_value:.4f}"
+        )
+        if not outcome.better_than_base:
+            verdict += ": NOT better than the base model; do not promote it"
+        with session_scope() as s:
+            s.add(
+                Model(
+                    id=model_id,
+                    name=f"{job.kind}-{job_id[:8]}",
+                    kind=job.kind,
+                    source="job",
+                    path=storage.model_rel(model_id),
+                    base_model=job.base_model,
+                    job_id=job_id,
+                    config=outcome.config,
+                    better_than_base=outcome.better_than_base,
+                )
+            )
+        observer.on_message(verdict)
+        _finish(job_id, "succeeded", model_id=model_id)
+    except TrainingCancelled as exc:
+        observer.on_message(str(exc))
+        _finish(job_id, "cancelled")
+    except (ValueError, DatasetFormatError, OSError) as exc:
+        log.exception("job %s failed", job_id)
+        _finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        tail = "".join(traceback.format_exception(exc)[-3:])
+        _finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{tail}")
+    finally:
+        storage.remove(work_dir)

