@@ -1,0 +1,29 @@
+# Two commands for a fresh machine:  `make run` (set up + serve, embedded mode)  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup run test lint bench clean
+
+# torch first and pinned: any other request for torch may pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/python -m app.cli serve
+
+lint: setup
+	$(BIN)/ruff check app worker migrations tests bench
+	$(BIN)/ruff format --check app worker migrations tests bench
+
+test: setup lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) data

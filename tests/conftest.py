@@ -1,0 +1,59 @@
+"""Shared fixtures: the real data shipped beside the repo, sliced small enough for seconds-long tests."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import zipfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = Path(os.environ.get("RETUNE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in list(csv.reader(fh, delimiter="\t"))[1:]:
+            out.setdefault(row[0], {})[row[1]] = int(row[2])
+    return out
+
+
+def scifact_slice_zip(n_train: int = 40, n_test: int = 20, n_distractors: int = 120, seed: int = 0) -> bytes:
+    """A BEIR zip of real SciFact: the first train/test queries, their judged docs and random others.
+
+    qrels keep the official CRLF line ends, as a user's download would have.
+    """
+    src = SHARED_DATA / "scifact"
+    if not src.exists():
+        pytest.skip(f"shared data not found at {src}")
+    corpus = {d["_id"]: d for d in _read_jsonl(src / "corpus.jsonl")}
+    queries = {q["_id"]: q for q in _read_jsonl(src / "queries.jsonl")}
+    train = dict(list(_read_qrels(src / "qrels" / "train.tsv").items())[:n_train])
+    test = dict(list(_read_qrels(src / "qrels" / "test.tsv").items())[:n_test])
+    docs = {d for judged in (*train.values(), *test.values()) for d in judged}
+    docs |= set(random.Random(seed).sample(sorted(set(corpus) - docs), n_distractors))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("scifact-slice/corpus.jsonl", "".join(json.dumps(corpus[d]) + "\n" for d in sorted(docs)))
+        zf.writestr("scifact-slice/queries.jsonl", "".join(json.dumps(queries[q]) + "\n" for q in [*train, *test]))
+        for split, qrels in (("train", train), ("test", test)):
+            rows = "".join(f"{q}\t{d}\t{g}\r\n" for q, judged in qrels.items() for d, g in judged.items())
+            zf.writestr(f"scifact-slice/qrels/{split}.tsv", "query-id\tcorpus-id\tscore\r\n" + rows)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def scifact_zip() -> bytes:
+    return scifact_slice_zip()

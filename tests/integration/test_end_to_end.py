@@ -1,0 +1,143 @@
+"""The user's whole path through HTTP, with a real worker: upload, fine-tune, watch, index, search.
+
+A tiny but real fine-tune: 40 SciFact training queries, 20 official test queries held out, 162 docs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import Service
+
+TINY_EMBEDDER = {"batch_size": 8, "passage_max_len": 128, "logging_steps": 1}
+TINY_RERANKER = {"batch_size": 4, "group_size": 4, "max_length": 128, "recall_k": 10, "logging_steps": 1}
+HEADLINE = {"ndcg@10", "recall@100", "mrr@10"}
+
+
+def _finished(job: dict) -> bool:
+    return job["status"] in {"succeeded", "failed", "cancelled"}
+
+
+def _watch_job(service: Service, job_id: str, timeout: float = 400) -> tuple[dict, list[tuple[str, int]]]:
+    """Poll the job and its metrics until it ends; returns the final job and (status, #points) seen."""
+    seen: list[tuple[str, int]] = []
+
+    def done(job: dict) -> bool:
+        points = service.client.get(f"/jobs/{job_id}/metrics").json()["points"]
+        seen.append((job["status"], len(points)))
+        return _finished(job)
+
+    job = service.wait_for(f"/jobs/{job_id}", done, timeout=timeout)
+    return job, seen
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes) -> None:
+    client = service.client
+
+    upload = client.post("/datasets", files={"file": ("scifact-slice.zip", scifact_zip)}, data={"name": "scifact"})
+    assert upload.status_code == 201, upload.text
+    dataset = upload.json()
+    assert dataset["format"] == "beir"
+    assert dataset["stats"]["qrels"]["train"]["queries"] == 40
+    assert dataset["stats"]["qrels"]["test"]["queries"] == 20
+    assert client.get(f"/datasets/{dataset['id']}").json()["stats"] == dataset["stats"]
+
+    models = {m["id"]: m for m in client.get("/models").json()}
+    assert models["all-MiniLM-L6-v2"]["kind"] == "embedder"
+
+    created = client.post(
+        "/jobs",
+        json={"kind": "embedder", "dataset_id": dataset["id"], "eval": {"split": "test"}, "params": TINY_EMBEDDER},
+    )
+    assert created.status_code == 202, created.text
+    assert created.json()["status"] == "queued"
+    job, seen = _watch_job(service, created.json()["id"])
+    assert job["status"] == "succeeded", (job, service.log_tail())
+    assert job["started_at"] and job["finished_at"]
+
+    points = client.get(f"/jobs/{job['id']}/metrics").json()["points"]
+    final_count = len(points)
+    # Metrics were visible while the job ran, and grew.
+    assert any(status == "running" and 0 < n < final_count for status, n in seen), seen
+    last_step = max(p["step"] for p in points)
+    assert last_step == job["total_steps"] > 0
+    for step in (0, last_step):
+        names = {p["name"] for p in points if p["step"] == step and p["split"] == "test"}
+        assert names >= HEADLINE, (step, names)
+    assert sum(p["name"] == "loss" for p in points) == last_step  # logging_steps=1
+
+    model_id = job["model_id"]
+    models = {m["id"]: m for m in client.get("/models").json()}
+    assert models[model_id]["kind"] == "embedder"
+    assert models[model_id]["job_id"] == job["id"]
+    assert isinstance(models[model_id]["better_than_base"], bool)
+    assert job["better_than_base"] == models[model_id]["better_than_base"]
+
+    index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": model_id})
+    assert index.status_code == 202, index.text
+    index = service.wait_for(f"/indexes/{index.json()['id']}", lambda i: i["status"] != "building", timeout=180)
+    assert index["status"] == "ready", index
+    assert index["num_docs"] == dataset["stats"]["docs"] and index["dim"] == 384
+
+    query = "Vitamin D deficiency is associated with an increased risk of infection."
+    plain = client.post("/search", json={"index_id": index["id"], "query": query, "top_k": 5, "recall_k": 50})
+    assert plain.status_code == 200, plain.text
+    results = plain.json()["results"]
+    assert len(results) == 5
+    assert all(r["text"] and r["rerank_score"] is None for r in results)
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+
+    # An embedder is not a reranker: refused instead of scoring with a random head.
+    refused = client.post("/search", json={"index_id": index["id"], "query": query, "reranker_id": "all-MiniLM-L6-v2"})
+    assert refused.status_code == 422 and "reranker" in refused.json()["detail"]
+
+    rr = client.post(
+        "/jobs",
+        json={
+            "kind": "reranker",
+            "dataset_id": dataset["id"],
+            "eval": {"split": "test"},
+            "params": {**TINY_RERANKER, "candidate_model": model_id},
+        },
+    )
+    assert rr.status_code == 202, rr.text
+    rr_job, _ = _watch_job(service, rr.json()["id"])
+    assert rr_job["status"] == "succeeded", (rr_job, service.log_tail())
+    rr_points = client.get(f"/jobs/{rr_job['id']}/metrics").json()["points"]
+    assert {"score_std", "positive_share", "collapsed"} <= {p["name"] for p in rr_points}
+    assert {p["name"] for p in rr_points if p["split"] == "test/first_stage"} >= HEADLINE
+    reranker_id = rr_job["model_id"]
+    assert {m["id"]: m for m in client.get("/models").json()}[reranker_id]["kind"] == "reranker"
+
+    body = {"index_id": index["id"], "query": query, "top_k": 5, "recall_k": 20, "reranker_id": reranker_id}
+    reranked = client.post("/search", json=body)
+    assert reranked.status_code == 200, reranked.text
+    hits = reranked.json()["results"]
+    assert len(hits) == 5
+    assert all(0.0 <= h["score"] <= 1.0 and h["rerank_score"] is not None for h in hits)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    # Deterministic: the same request gives the same scores.
+    assert client.post("/search", json=body).json()["results"] == hits
+
+    cut = hits[2]["score"]
+    thresholded = client.post("/search", json={**body, "threshold": cut}).json()["results"]
+    assert thresholded and all(h["score"] >= cut for h in thresholded)
+    assert len(thresholded) <= 3 + sum(h["score"] == cut for h in hits[3:])
+
+
+@pytest.mark.integration
+def test_cancel_running_and_queued_jobs(service: Service, scifact_zip: bytes) -> None:
+    client = service.client
+    dataset = client.post("/datasets", files={"file": ("scifact-slice.zip", scifact_zip)}).json()
+    body = {"kind": "embedder", "dataset_id": dataset["id"], "params": {**TINY_EMBEDDER, "max_steps": 500}}
+    running = client.post("/jobs", json=body).json()
+    service.wait_for(f"/jobs/{running['id']}", lambda j: j["status"] == "running" and j["step"] >= 1)
+    cancelled = client.post(f"/jobs/{running['id']}/cancel")
+    assert cancelled.status_code == 200
+    job = service.wait_for(f"/jobs/{running['id']}", _finished, timeout=120)
+    assert job["status"] == "cancelled", job
+    assert "cancelled at step" in job["message"]
+    assert job["step"] < 500 and job["model_id"] is None
+    assert client.post(f"/jobs/{running['id']}/cancel").status_code == 409

