@@ -38,6 +38,10 @@ class EvalSpecIn(BaseModel):
     split: str | None = Field(None, description="A qrels split of a BEIR dataset, e.g. 'test'.")
     holdout_fraction: float | None = Field(None, description="Share of training queries held out (default 0.2).")
     seed: int = 42
+    max_queries: int | None = Field(None, ge=1, description="Evaluate a seeded sample of the held-out queries.")
+    max_corpus_docs: int | None = Field(
+        None, ge=1, description="Evaluate against all judged docs plus a seeded sample of the others, up to this many."
+    )
 
 
 class JobIn(BaseModel):

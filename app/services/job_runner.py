@@ -109,9 +109,14 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
             candidate_path, candidate_row = resolve_base_model(s, settings, candidate_ref)
             candidate_config = EmbedderConfig.from_dict(candidate_row.config if candidate_row else None)
 
-        spec = EvalSpec(split=job.eval.get("split"), holdout_fraction=job.eval.get("holdout_fraction"),
-                        seed=job.eval.get("seed", 42))  # fmt: skip
-        data = prepare(dataset_dir, dataset_format, spec, train_split=job.params.get("train_split", "train"))
+        spec = EvalSpec(**job.eval)
+        data = prepare(
+            dataset_dir,
+            dataset_format,
+            spec,
+            job.params.get("train_split", "train"),
+            job.params.get("max_train_queries"),
+        )
         device = resolve_device(settings.device)
         observer.on_message(
             f"training on {len(data.train_queries)} queries, evaluating on {len(data.eval_queries)} held-out "

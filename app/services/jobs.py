@@ -31,19 +31,21 @@ def validate_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_eval(dataset_format: str, stats: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The stored eval spec has exactly the fields of app.training.data.EvalSpec."""
     split, fraction = spec.get("split"), spec.get("holdout_fraction")
     seed = int(spec.get("seed", 42))
+    sampling = {k: spec[k] for k in ("max_queries", "max_corpus_docs") if spec.get(k)}
     if split and fraction:
         raise InvalidRequestError("eval: give either 'split' or 'holdout_fraction', not both")
     if split:
         splits = set((stats.get("qrels") or {}).keys())
         if dataset_format != "beir" or split not in splits:
             raise InvalidRequestError(f"eval.split '{split}': the dataset has no such split (it has: {sorted(splits)})")
-        return {"split": split, "seed": seed}
+        return {"split": split, "seed": seed, **sampling}
     fraction = 0.2 if fraction is None else float(fraction)
     if not 0.0 < fraction < 1.0:
         raise InvalidRequestError("eval.holdout_fraction must be between 0 and 1 (exclusive)")
-    return {"holdout_fraction": fraction, "seed": seed}
+    return {"holdout_fraction": fraction, "seed": seed, **sampling}
 
 
 def create_job(

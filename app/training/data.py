@@ -29,12 +29,17 @@ class EvalSpec:
     split: str | None = None
     holdout_fraction: float | None = None
     seed: int = 42
+    max_queries: int | None = None  # evaluate a seeded sample of the held-out queries
+    max_corpus_docs: int | None = None  # judged docs + a seeded sample of the rest (cheap on CPU)
 
     @property
     def label(self) -> str:
-        if self.split:
-            return self.split
-        return f"heldout-{self.holdout_fraction:g}-seed{self.seed}"
+        label = self.split or f"heldout-{self.holdout_fraction:g}-seed{self.seed}"
+        if self.max_queries:
+            label += f"/q{self.max_queries}"
+        if self.max_corpus_docs:
+            label += f"/corpus{self.max_corpus_docs}"
+        return label
 
 
 @dataclass
@@ -53,16 +58,28 @@ class PreparedData:
         return sorted({g for docs in self.train_qrels.values() for g in docs.values()})
 
 
-def prepare(dataset_dir: Path, dataset_format: str, spec: EvalSpec, train_split: str = "train") -> PreparedData:
+def prepare(
+    dataset_dir: Path,
+    dataset_format: str,
+    spec: EvalSpec,
+    train_split: str = "train",
+    max_train_queries: int | None = None,
+) -> PreparedData:
     if dataset_format == "training_jsonl":
         examples = read_training_examples(dataset_dir)
         rs = training_examples_to_retrieval_set(examples)
         text_to_doc = {doc.text: did for did, doc in rs.corpus.items()}
         query_to_id = {text: qid for qid, text in rs.queries.items()}
+        positives = rs.qrels.get("train", {})
         negatives: dict[str, list[str]] = {}
         for ex in examples:
-            bucket = negatives.setdefault(query_to_id[ex.query], [])
-            bucket.extend(text_to_doc[n] for n in ex.neg if text_to_doc[n] not in bucket)
+            qid = query_to_id[ex.query]
+            bucket = negatives.setdefault(qid, [])
+            for text in ex.neg:
+                doc = text_to_doc[text]
+                # A text that is a positive of the same query (on any line) is never its negative.
+                if doc not in bucket and doc not in positives.get(qid, {}):
+                    bucket.append(doc)
         train_split = "train"
     else:
         rs = read_retrieval_set(dataset_dir)
@@ -83,19 +100,28 @@ def prepare(dataset_dir: Path, dataset_format: str, spec: EvalSpec, train_split:
         train_ids, eval_ids = holdout_split(candidates, spec.holdout_fraction or 0.2, spec.seed)
         eval_qrels = {q: candidates[q] for q in eval_ids}
 
+    if spec.max_queries and len(eval_qrels) > spec.max_queries:
+        kept = sorted(random.Random(spec.seed).sample(sorted(eval_qrels), spec.max_queries))
+        eval_qrels = {q: eval_qrels[q] for q in kept}
     eval_texts = {rs.queries[q].strip().lower() for q in eval_qrels}
     train_ids = [q for q in train_ids if rs.queries[q].strip().lower() not in eval_texts]
     train_qrels = {q: candidates[q] for q in train_ids if any(g > 0 for g in candidates[q].values())}
+    if max_train_queries and len(train_qrels) > max_train_queries:
+        kept = sorted(random.Random(spec.seed).sample(sorted(train_qrels), max_train_queries))
+        train_qrels = {q: train_qrels[q] for q in kept}
     if not train_qrels:
         raise ValueError("no training query with a relevant document is left after holding out the evaluation split")
+    corpus = rs.corpus
+    if spec.max_corpus_docs and len(corpus) > spec.max_corpus_docs:
+        corpus = _sub_corpus(corpus, [eval_qrels, train_qrels], negatives, train_qrels, spec)
     return PreparedData(
-        corpus=rs.corpus,
+        corpus=corpus,
         train_queries={q: rs.queries[q] for q in train_qrels},
         train_qrels=train_qrels,
         eval_queries={q: rs.queries[q] for q in eval_qrels},
         eval_qrels={q: dict(d) for q, d in eval_qrels.items()},
         eval_label=spec.label,
-        dataset_negatives={q: n for q, n in negatives.items() if q in train_qrels},
+        dataset_negatives={q: n for q, n in negatives.items() if q in train_qrels and n},
     )
 
 
@@ -125,3 +151,23 @@ def mine_negatives(
         pool = [d for d, _ in ranking[lo:hi] if d not in judged.get(qid, {})]
         mined[qid] = rng.sample(pool, min(per_query, len(pool)))
     return mined
+
+
+def _sub_corpus(
+    corpus: dict[str, Document],
+    judged_sets: list[dict[str, dict[str, int]]],
+    negatives: dict[str, list[str]],
+    train_qrels: dict[str, dict[str, int]],
+    spec: EvalSpec,
+) -> dict[str, Document]:
+    """Every judged document (and the dataset's own negatives) plus a seeded sample of the others.
+
+    Deterministic for a seed, so two jobs with the same spec compare on the same documents. Scores
+    on a sub-corpus are higher than on the full one (fewer distractors): the split label says so.
+    """
+    must = {d for qrels in judged_sets for docs in qrels.values() for d in docs if d in corpus}
+    must |= {d for q in train_qrels for d in negatives.get(q, [])}
+    rest = sorted(set(corpus) - must)
+    room = max(0, (spec.max_corpus_docs or 0) - len(must))
+    keep = must | set(random.Random(spec.seed).sample(rest, min(room, len(rest))))
+    return {d: doc for d, doc in corpus.items() if d in keep}

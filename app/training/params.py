@@ -25,6 +25,7 @@ class _Params(BaseModel):
     )
     select_metric: Literal["ndcg@10", "recall@100", "mrr@10"] = "ndcg@10"
     train_split: str = Field("train", description="BEIR qrels split to train on.")
+    max_train_queries: int | None = Field(None, ge=1, description="Train on a seeded sample of this many queries.")
 
 
 class EmbedderParams(_Params):
@@ -49,8 +50,12 @@ class EmbedderParams(_Params):
         lo, hi = self.negative_rank_range
         if not 0 <= lo < hi:
             raise ValueError("negative_rank_range must be (lo, hi) with 0 <= lo < hi")
-        if self.query_instruction_format.count("{}") != 2:
-            raise ValueError("query_instruction_format must contain two '{}' (instruction, query)")
+        try:
+            probe = self.query_instruction_format.format("\x00", "\x01")
+        except (ValueError, IndexError, KeyError) as exc:
+            raise ValueError(f"query_instruction_format is not a valid format string: {exc}") from exc
+        if probe.count("\x00") != 1 or probe.count("\x01") != 1:
+            raise ValueError("query_instruction_format must place the instruction and the query once each, e.g. '{}{}'")
         return self
 
 

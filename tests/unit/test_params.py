@@ -67,13 +67,15 @@ def test_bad_negative_rank_range_rejected(bad):
         EmbedderParams.model_validate({"negative_rank_range": bad})
 
 
-@pytest.mark.parametrize("fmt", ["{}", "{}{}{}", "{0}{1}", "no placeholders", "{instruction}{query}", ""])
+@pytest.mark.parametrize(
+    "fmt", ["{}", "{}{}{}", "{1}{1}", "{}{}}", "{{}}{}", "no placeholders", "{instruction}{query}", ""]
+)
 def test_bad_query_instruction_format_rejected(fmt):
     with pytest.raises(ValidationError):
         EmbedderParams(query_instruction="Represent: ", query_instruction_format=fmt)
 
 
-@pytest.mark.parametrize("fmt", ["{}{}", "Instruct: {}\nQuery: {}", "<{}> {}"])
+@pytest.mark.parametrize("fmt", ["{}{}", "Instruct: {}\nQuery: {}", "<{}> {}", "{0}{1}"])
 def test_good_query_instruction_format_accepted(fmt):
     assert EmbedderParams(query_instruction_format=fmt).query_instruction_format == fmt
 

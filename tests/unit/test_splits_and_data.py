@@ -250,7 +250,6 @@ def test_prepare_training_jsonl_has_only_a_train_split(jsonl_dir: Path):
         prepare(jsonl_dir, "training_jsonl", EvalSpec(split="test"))
 
 
-@pytest.mark.xfail(reason="app bug: prepare() keeps a dataset negative that is also a judged positive", strict=False)
 def test_prepare_training_jsonl_drops_negatives_that_are_positives(tmp_path: Path):
     examples = [TrainingExample(query=f"question {i}", pos=[f"answer {i}"], neg=[f"wrong {i}"]) for i in range(6)]
     # The same query on a second line lists the first line's negative as a positive, and vice versa.
@@ -327,3 +326,39 @@ def test_toy_vectors_are_well_separated(toy_vectors):
         scores = np.sort(cv.astype(np.float64) @ q.astype(np.float64))
         assert np.min(np.diff(scores)) > 1e-5
     assert math.isclose(float(np.linalg.norm(cv[5])), 1.0, rel_tol=1e-6)
+
+
+def test_prepare_training_jsonl_without_negatives_leaves_mining_to_the_trainer(tmp_path: Path) -> None:
+    """Queries whose lines carry no negatives must not appear in dataset_negatives ("auto" then mines)."""
+    examples = [TrainingExample(query=f"query {i}", pos=[f"passage {i}"], neg=[]) for i in range(6)]
+    examples.append(TrainingExample(query="query 6", pos=["passage 6"], neg=["passage 0"]))
+    write_training_examples(examples, tmp_path)
+    data = prepare(tmp_path, "training_jsonl", EvalSpec(holdout_fraction=0.2, seed=1))
+    with_negatives = {q for q, text in data.train_queries.items() if text == "query 6"}
+    assert set(data.dataset_negatives) == with_negatives
+    assert all(data.dataset_negatives.values())
+
+
+def test_eval_sampling_keeps_judged_docs_and_is_deterministic(tmp_path: Path) -> None:
+    corpus = {f"d{i}": Document(id=f"d{i}", title="", text=f"doc {i}") for i in range(100)}
+    queries = {f"q{i}": f"query {i}" for i in range(30)}
+    qrels = {
+        "train": {f"q{i}": {f"d{i}": 1} for i in range(20)},
+        "test": {f"q{i}": {f"d{i}": 1, f"d{i + 50}": 0} for i in range(20, 30)},
+    }
+    write_retrieval_set(RetrievalSet(corpus=corpus, queries=queries, qrels=qrels), tmp_path)
+    spec = EvalSpec(split="test", max_queries=4, max_corpus_docs=40, seed=3)
+    data = prepare(tmp_path, "beir", spec, max_train_queries=7)
+    again = prepare(tmp_path, "beir", spec, max_train_queries=7)
+
+    assert len(data.eval_qrels) == 4 and set(data.eval_qrels) <= set(qrels["test"])
+    assert len(data.train_qrels) == 7 and set(data.train_qrels) <= set(qrels["train"])
+    assert len(data.corpus) == 40
+    judged = {d for docs in (*data.eval_qrels.values(), *data.train_qrels.values()) for d in docs}
+    assert judged <= set(data.corpus)
+    assert (data.eval_qrels, data.train_qrels, list(data.corpus)) == (
+        again.eval_qrels,
+        again.train_qrels,
+        list(again.corpus),
+    )
+    assert data.eval_label == "test/q4/corpus40"
