@@ -66,6 +66,7 @@ class JobOut(Orm):
     better_than_base: bool | None = None
     step: int
     total_steps: int | None
+    attempts: int
     message: str | None
     error: str | None
     created_at: datetime

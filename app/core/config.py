@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     default_base_model: str = Field("all-MiniLM-L6-v2", description="Model id used when a job names no base model.")
     device: str | None = Field(None, description="torch device for workers; default cuda when present.")
     model_cache_size: int = Field(4, description="Models kept loaded per process for /search.")
+    job_stale_seconds: int = Field(
+        60, ge=2, description="A running job whose heartbeat is older than this is taken over by a starting worker."
+    )
 
     # Input bounds (a request over a bound is a 4xx, never an out-of-memory).
     max_upload_bytes: int = 512 * 1024 * 1024

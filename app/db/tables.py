@@ -77,6 +77,9 @@ class Job(Base):
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     step: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Refreshed by the worker running the job; a stale one means that worker died (the job is then resumed).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 import traceback
+from datetime import timedelta
+
+from sqlalchemy import and_, delete, func, or_, select, update
 
 from app.core.config import Settings, get_settings
 from app.db.session import session_scope
@@ -56,6 +60,10 @@ class SqlObserver:
                 self._stop = job is None or job.cancel_requested
         return self._stop
 
+    def on_resume(self, step: int) -> None:
+        with session_scope() as s:
+            s.execute(delete(MetricPoint).where(MetricPoint.job_id == self.job_id, MetricPoint.step > step))
+
     def on_message(self, text: str) -> None:
         with session_scope() as s:
             job = s.get(Job, self.job_id)
@@ -63,19 +71,92 @@ class SqlObserver:
                 job.message = f"{job.message}\n{text}" if job.message else text
 
 
-def _claim(job_id: str) -> Job | None:
-    """Mark the job running; None when it was cancelled, finished, or deleted meanwhile."""
+def _claim(job_id: str, stale_seconds: int) -> Job | None:
+    """Atomically take the job: queued, or running under a worker whose heartbeat went stale.
+
+    A second delivery of the same task (Redis redelivers unacknowledged tasks) finds a fresh
+    heartbeat and leaves the job alone, so a job never runs twice at once.
+    """
+    now = utcnow()
     with session_scope() as s:
+        taken = s.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.cancel_requested.is_(False),
+                or_(
+                    Job.status == "queued",
+                    and_(
+                        Job.status == "running",
+                        or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - timedelta(seconds=stale_seconds)),
+                    ),
+                ),
+            )
+            .values(
+                status="running",
+                heartbeat_at=now,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+                error=None,
+            )
+        ).rowcount
         job = s.get(Job, job_id)
-        if job is None or job.status in {"succeeded", "failed", "cancelled"}:
+        if job is None:
             return None
-        if job.cancel_requested:
-            job.status, job.finished_at = "cancelled", utcnow()
+        if not taken:
+            if job.cancel_requested and job.status in {"queued", "running"}:
+                job.status, job.finished_at = "cancelled", now
             return None
-        job.status, job.started_at, job.error = "running", utcnow(), None
         s.flush()
         s.expunge(job)
         return job
+
+
+class Heartbeat:
+    """Refreshes the job's heartbeat from a background thread, also during long evaluations."""
+
+    def __init__(self, job_id: str, interval: float) -> None:
+        self.job_id = job_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with session_scope() as s:
+                    s.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))
+            except Exception:  # a database blip must not kill the training thread
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def requeue_orphaned_jobs(settings: Settings | None = None) -> list[str]:
+    """Called when a worker starts: jobs left 'running' by a dead worker are sent again and resume."""
+    from app.core.queue import RUN_JOB
+    from app.services import dispatch
+
+    settings = settings or get_settings()
+    stale_before = utcnow() - timedelta(seconds=settings.job_stale_seconds)
+    with session_scope() as s:
+        orphans = list(
+            s.scalars(
+                select(Job.id).where(
+                    Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)
+                )
+            )
+        )
+    for job_id in orphans:
+        log.warning("job %s was left running by a dead worker: sending it again", job_id)
+        dispatch.enqueue(RUN_JOB, job_id)
+    return orphans
 
 
 def _finish(job_id: str, status: str, **fields: object) -> None:
@@ -90,13 +171,19 @@ def _finish(job_id: str, status: str, **fields: object) -> None:
 
 def run_job(job_id: str, settings: Settings | None = None) -> None:
     settings = settings or get_settings()
-    job = _claim(job_id)
+    job = _claim(job_id, settings.job_stale_seconds)
     if job is None:
-        log.info("job %s: nothing to do", job_id)
+        log.info("job %s: nothing to do (finished, cancelled, or running elsewhere)", job_id)
         return
+    with Heartbeat(job_id, interval=max(1.0, settings.job_stale_seconds / 4)):
+        _run_claimed(job, settings)
+
+
+def _run_claimed(job: Job, settings: Settings) -> None:
+    job_id = job.id
     observer = SqlObserver(job_id)
     model_id = new_id()
-    work_dir = storage.staging_dir(settings)
+    work_dir = storage.job_work_dir(settings, job_id)
     try:
         with session_scope() as s:
             dataset = s.get(Dataset, job.dataset_id)
@@ -119,8 +206,9 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         )
         device = resolve_device(settings.device)
         observer.on_message(
-            f"training on {len(data.train_queries)} queries, evaluating on {len(data.eval_queries)} held-out "
-            f"queries ({data.eval_label}) against {len(data.corpus)} documents, device {device}"
+            f"attempt {job.attempts}: training on {len(data.train_queries)} queries, "
+            f"evaluating on {len(data.eval_queries)} held-out queries ({data.eval_label}) "
+            f"against {len(data.corpus)} documents, device {device}"
         )
         outcome: TrainingOutcome
         if job.kind == "embedder":

@@ -25,6 +25,13 @@ def index_rel(index_id: str) -> str:
     return f"indexes/{index_id}"
 
 
+def job_work_dir(settings: Settings, job_id: str) -> Path:
+    """Checkpoints and resume state of a running job; kept across worker deaths, removed when it ends."""
+    path = settings.data_dir / "work" / job_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def staging_dir(settings: Settings) -> Path:
     """A fresh scratch folder on the same file system, so the final move is an atomic rename."""
     path = settings.data_dir / "tmp" / uuid.uuid4().hex

@@ -23,8 +23,9 @@ class ObserverCallback(TrainerCallback):
         self.cancelled = False
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kw):
-        if logs and "loss" in logs:
-            self.observer.on_metric(state.global_step, float(state.epoch or 0.0), "loss", float(logs["loss"]), "train")
+        for name in ("loss", "learning_rate"):
+            if logs and name in logs:
+                self.observer.on_metric(state.global_step, float(state.epoch or 0.0), name, float(logs[name]), "train")
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw):
         self.observer.on_progress(state.global_step, state.max_steps)

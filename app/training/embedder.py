@@ -11,14 +11,27 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from app.evaluation.retrieval import evaluate_embedder
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder
 from app.training.callbacks import BestModel, ObserverCallback
+from app.training.checkpoints import (
+    RunState,
+    checkpoint_step,
+    last_checkpoint,
+    load_rows,
+    save_rows,
+    trainer_dir,
+)
 from app.training.data import PreparedData, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver
 from app.training.params import EmbedderParams
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 
 @dataclass
@@ -88,16 +101,92 @@ def train_embedder(
         model.prompts = {"query": config.format_query(""), "document": config.passage_instruction}
     best_dir = work_dir / "best"
     best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))
+    resume_from = last_checkpoint(work_dir)
+    state = RunState.load(work_dir) if resume_from else None
+    rows = load_rows(work_dir) if state else None
 
     def evaluate(step: int, epoch: float):
         result = evaluate_embedder(model, config, data.corpus, data.eval_queries, data.eval_qrels)
         for name, value in result.metrics.items():
             observer.on_metric(step, epoch, name, value, data.eval_label)
         best.offer(step, result.metrics)
+        RunState(base_metrics=base_metrics, best_value=best.best_value, best_step=best.best_step).save(work_dir)
         return result
 
-    base = evaluate(0, 0.0)
+    if state is not None and rows is not None and resume_from is not None:
+        # Resuming: the base was measured and the rows were built by the first attempt.
+        base_metrics = state.base_metrics
+        best.base_value, best.best_value, best.best_step = (
+            base_metrics[params.select_metric], state.best_value, state.best_step
+        )  # fmt: skip
+        observer.on_resume(checkpoint_step(resume_from))
+        observer.on_message(f"resumed from checkpoint at step {checkpoint_step(resume_from)}")
+    else:
+        resume_from = None
+        base_metrics = {}
+        base = evaluate(0, 0.0)
+        base_metrics = base.metrics
+        RunState(base_metrics=base_metrics).save(work_dir)
+        rows = _build_rows(model, config, data, params, base.corpus_vectors, base.doc_ids, rng)
+        save_rows(work_dir, rows)
+    train_dataset = Dataset.from_dict(rows)
 
+    scale = 1.0 / params.temperature
+    if params.cached_loss:
+        loss = losses.CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=params.mini_batch_size)
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model, scale=scale)
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(trainer_dir(work_dir)),
+        num_train_epochs=params.epochs,
+        max_steps=params.max_steps or -1,
+        per_device_train_batch_size=min(params.batch_size, len(train_dataset)),
+        learning_rate=params.learning_rate,
+        warmup_steps=params.warmup_ratio,  # a float is a ratio in transformers v5
+        weight_decay=params.weight_decay,
+        seed=params.seed,
+        logging_steps=params.logging_steps,
+        save_strategy="steps",
+        save_steps=params.checkpoint_steps,
+        save_total_limit=1,
+        report_to="none",
+        disable_tqdm=True,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        use_cpu=device == "cpu",
+        **precision_flags(device),
+    )
+    callback = ObserverCallback(observer, lambda s, e: evaluate(s, e), params.eval_steps)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback]
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    if callback.cancelled:
+        raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}")
+    if callback.last_evaluated_step != trainer.state.global_step:
+        evaluate(trainer.state.global_step, float(trainer.state.epoch or 0.0))
+
+    return TrainingOutcome(
+        model_dir=best_dir,
+        config=config.to_dict(),
+        better_than_base=best.better_than_base,
+        base_value=best.base_value,
+        best_value=best.best_value,
+        best_step=best.best_step,
+        metric=params.select_metric,
+    )
+
+
+def _build_rows(
+    model: SentenceTransformer,
+    config: EmbedderConfig,
+    data: PreparedData,
+    params: EmbedderParams,
+    corpus_vectors: np.ndarray,
+    doc_ids: list[str],
+    rng: random.Random,
+) -> dict[str, list[str]]:
+    """(anchor, positive, negative_1..N-1) rows; negatives from the dataset or mined from the base model."""
     mined: dict[str, list[str]] = {}
     needs_mining = params.train_group_size > 1 and (
         params.hard_negatives == "mine"
@@ -108,7 +197,7 @@ def train_embedder(
         train_ids = list(data.train_queries)
         query_vectors = encode_queries(model, config, [data.train_queries[q] for q in train_ids])
         mined = mine_negatives(
-            query_vectors, train_ids, base.corpus_vectors, base.doc_ids, data.train_qrels,
+            query_vectors, train_ids, corpus_vectors, doc_ids, data.train_qrels,
             params.negative_rank_range, params.train_group_size - 1, params.seed,
         )  # fmt: skip
 
@@ -129,47 +218,4 @@ def train_embedder(
                 rows[f"negative_{i + 1}"].append(config.format_passage(data.corpus[neg]))
     if not rows["anchor"]:
         raise ValueError("no training pair could be built from the dataset")
-    train_dataset = Dataset.from_dict(rows)
-
-    scale = 1.0 / params.temperature
-    if params.cached_loss:
-        loss = losses.CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=params.mini_batch_size)
-    else:
-        loss = losses.MultipleNegativesRankingLoss(model, scale=scale)
-
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(work_dir / "trainer"),
-        num_train_epochs=params.epochs,
-        max_steps=params.max_steps or -1,
-        per_device_train_batch_size=min(params.batch_size, len(train_dataset)),
-        learning_rate=params.learning_rate,
-        warmup_steps=params.warmup_ratio,  # a float is a ratio in transformers v5
-        weight_decay=params.weight_decay,
-        seed=params.seed,
-        logging_steps=params.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
-        use_cpu=device == "cpu",
-        **precision_flags(device),
-    )
-    callback = ObserverCallback(observer, lambda s, e: evaluate(s, e), params.eval_steps)
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback]
-    )
-    trainer.train()
-    if callback.cancelled:
-        raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}")
-    if callback.last_evaluated_step != trainer.state.global_step:
-        evaluate(trainer.state.global_step, float(trainer.state.epoch or 0.0))
-
-    return TrainingOutcome(
-        model_dir=best_dir,
-        config=config.to_dict(),
-        better_than_base=best.better_than_base,
-        base_value=best.base_value,
-        best_value=best.best_value,
-        best_step=best.best_step,
-        metric=params.select_metric,
-    )
+    return rows

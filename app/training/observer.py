@@ -19,5 +19,8 @@ class TrainingObserver(Protocol):
         """Polled every step: True once the user asked to cancel."""
         ...
 
+    def on_resume(self, step: int) -> None:
+        """Training continues from a checkpoint at ``step``: drop anything recorded after it."""
+
     def on_message(self, text: str) -> None:
         """A human-readable note for the job (e.g. 'model not better than base')."""

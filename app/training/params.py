@@ -24,6 +24,9 @@ class _Params(BaseModel):
         None, ge=1, description="Evaluate on the held-out split every this many steps (also at 0 and the end)."
     )
     select_metric: Literal["ndcg@10", "recall@100", "mrr@10"] = "ndcg@10"
+    checkpoint_steps: int = Field(
+        100, ge=1, description="Save model, optimizer, scheduler, step and RNG every this many steps (for resume)."
+    )
     train_split: str = Field("train", description="BEIR qrels split to train on.")
     max_train_queries: int | None = Field(None, ge=1, description="Train on a seeded sample of this many queries.")
 

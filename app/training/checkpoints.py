@@ -1,0 +1,59 @@
+"""What a training run needs to resume exactly where a killed worker left it.
+
+transformers' Trainer checkpoints hold the model, optimizer, LR scheduler, step and RNG states;
+this file adds Retune's own part: the base model's step-0 metrics, the best evaluated state, and
+the exact training rows (mined negatives included), so a resumed run neither re-evaluates the base
+nor trains on different data, and its learning-rate schedule continues instead of restarting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "retune_state.json"
+ROWS_FILE = "train_rows.json"
+
+
+def trainer_dir(work_dir: Path) -> Path:
+    return work_dir / "trainer"
+
+
+def last_checkpoint(work_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    directory = trainer_dir(work_dir)
+    return get_last_checkpoint(str(directory)) if directory.is_dir() else None
+
+
+def checkpoint_step(path: str) -> int:
+    return int(Path(path).name.rsplit("-", 1)[1])
+
+
+@dataclass
+class RunState:
+    base_metrics: dict[str, float] = field(default_factory=dict)
+    best_value: float | None = None
+    best_step: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, work_dir: Path) -> None:
+        tmp = work_dir / f"{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(work_dir / STATE_FILE)
+
+    @classmethod
+    def load(cls, work_dir: Path) -> RunState | None:
+        path = work_dir / STATE_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+def save_rows(work_dir: Path, rows: dict[str, list[Any]]) -> None:
+    (work_dir / ROWS_FILE).write_text(json.dumps(rows))
+
+
+def load_rows(work_dir: Path) -> dict[str, list[Any]] | None:
+    path = work_dir / ROWS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
