@@ -64,6 +64,26 @@ def serve(with_worker: bool) -> int:
     return 0
 
 
+def keys(args: argparse.Namespace) -> int:
+    """Admin command for API keys, for when no admin key is at hand (e.g. the first one was lost)."""
+    from app.db.session import session_scope
+    from app.services import api_keys
+
+    migrate()
+    with session_scope() as session:
+        if args.keys_command == "create":
+            row, key = api_keys.create_key(session, args.name, args.scope)
+            print(f"{row.id}\t{row.scope}\t{key}")
+        elif args.keys_command == "revoke":
+            row = api_keys.revoke_key(session, args.key_id)
+            print(f"{row.id}\trevoked {row.revoked_at}")
+        else:
+            for row in api_keys.list_keys(session):
+                state = f"revoked {row.revoked_at}" if row.revoked_at else "active"
+                print(f"{row.id}\t{row.prefix}...\t{row.scope}\t{row.name}\t{state}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retune")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--no-worker", action="store_true", help="API only")
     sub.add_parser("worker", help="a Celery worker only")
     sub.add_parser("migrate", help="bring the database to the newest schema")
+    keys_parser = sub.add_parser("keys", help="create, list or revoke API keys")
+    keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", choices=["read", "write", "admin"], required=True)
+    keys_sub.add_parser("list")
+    revoke = keys_sub.add_parser("revoke")
+    revoke.add_argument("key_id")
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return keys(args)
     if args.command == "migrate":
         migrate()
         return 0

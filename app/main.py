@@ -10,11 +10,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from app.api.routes import datasets, health, indexes, jobs, models, search
+from app.api.routes import datasets, health, indexes, jobs, keys, models, search
 from app.core.config import get_settings
 from app.core.errors import RetuneError
 from app.db.session import session_scope
 from app.ingest import DatasetFormatError, DatasetTooLargeError
+from app.services import api_keys
 from app.services.models import ensure_bundled_models
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,16 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    get_settings().ensure_dirs()
+    settings = get_settings()
+    settings.ensure_dirs()
     with session_scope() as session:
         ensure_bundled_models(session)
+        if settings.bootstrap_key:
+            api_keys.ensure_bootstrap_key(session, settings.bootstrap_key)
+        elif not api_keys.has_active_admin(session):
+            # Nothing is open by default: the first start makes an admin key and shows it once.
+            _, key = api_keys.create_key(session, "first-admin", "admin")
+            print(f"\n  Retune admin API key (shown once, store it): {key}\n", flush=True)
     yield
 
 
@@ -35,12 +43,12 @@ def create_app() -> FastAPI:
         description="Fine-tune text retrieval models (bi-encoders, rerankers) and serve two-stage search.",
         lifespan=lifespan,
     )
-    for module in (health, datasets, models, jobs, indexes, search):
+    for module in (health, datasets, models, jobs, indexes, search, keys):
         app.include_router(module.router)
 
     @app.exception_handler(RetuneError)
     async def _retune_error(_: Request, exc: RetuneError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(DatasetFormatError)
     async def _dataset_error(_: Request, exc: DatasetFormatError) -> JSONResponse:

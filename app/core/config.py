@@ -31,6 +31,10 @@ class Settings(BaseSettings):
         60, ge=2, description="A running job whose heartbeat is older than this is taken over by a starting worker."
     )
 
+    bootstrap_key: str | None = Field(
+        None, description="An admin API key to accept (set it in deployments; like TEI's --api-key)."
+    )
+
     # Input bounds (a request over a bound is a 4xx, never an out-of-memory).
     max_upload_bytes: int = 512 * 1024 * 1024
     max_upload_lines: int = 2_000_000

@@ -7,6 +7,7 @@ class RetuneError(Exception):
     """Base of user-facing errors. ``status_code`` is the HTTP answer for it."""
 
     status_code = 400
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

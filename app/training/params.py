@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: float = Field(1.0, gt=0, le=100)
+    epochs: float = Field(2.0, gt=0, le=100)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
     learning_rate: float = Field(3e-5, gt=0, le=1e-2)
     warmup_ratio: float = Field(0.1, ge=0, le=0.5)

@@ -23,6 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("RETUNE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ADMIN_KEY = "rt_test_admin_" + uuid.uuid4().hex
 UPLOAD_LIMIT = 4_000_000  # small, so the over-limit upload test sends little
 REDIS_URL = os.environ.get("RETUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -74,7 +75,13 @@ def _drop_pg_database(name: str) -> None:
 
 def start_service(backend: str, tmp: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Service]:
     port = _free_port()
-    env = {**os.environ, "RETUNE_DATA_DIR": str(tmp / "data"), "RETUNE_PORT": str(port), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "RETUNE_DATA_DIR": str(tmp / "data"),
+        "RETUNE_PORT": str(port),
+        "RETUNE_BOOTSTRAP_KEY": ADMIN_KEY,
+        "HF_HUB_OFFLINE": "1",
+    }
     env.update(extra_env or {})
     log_path = tmp / "service.log"
     proc = subprocess.Popen(
@@ -86,7 +93,7 @@ def start_service(backend: str, tmp: Path, extra_env: dict[str, str] | None = No
         start_new_session=True,  # one process group: teardown stops the API and its worker together
     )
     url = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=url, timeout=120)
+    client = httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     service = Service(backend, url, tmp / "data", client, log_path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

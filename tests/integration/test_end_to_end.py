@@ -9,8 +9,8 @@ import pytest
 
 from tests.integration.conftest import Service
 
-TINY_EMBEDDER = {"batch_size": 8, "passage_max_len": 128, "logging_steps": 1}
-TINY_RERANKER = {"batch_size": 4, "group_size": 4, "max_length": 128, "recall_k": 10, "logging_steps": 1}
+TINY_EMBEDDER = {"epochs": 1, "batch_size": 8, "passage_max_len": 128, "logging_steps": 1}
+TINY_RERANKER = {"epochs": 1, "batch_size": 4, "group_size": 4, "max_length": 128, "recall_k": 10, "logging_steps": 1}
 HEADLINE = {"ndcg@10", "recall@100", "mrr@10"}
 
 

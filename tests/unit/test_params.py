@@ -21,7 +21,7 @@ def test_embedder_defaults():
     assert p.normalize is True
     assert p.cached_loss is False
     assert p.learning_rate == 3e-5
-    assert p.epochs == 1.0
+    assert p.epochs == 2.0
     assert p.max_steps is None
     assert p.eval_steps is None
     assert p.select_metric == "ndcg@10"

@@ -2,14 +2,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 
-from app.api.deps import DbSession, SettingsDep
+from app.api.deps import DbSession, ReadAccess, SettingsDep, WriteAccess
 from app.api.schemas import DatasetOut
 from app.services import datasets
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut, dependencies=[WriteAccess])
 def upload_dataset(
     db: DbSession,
     settings: SettingsDep,
@@ -20,16 +20,16 @@ def upload_dataset(
     return DatasetOut.model_validate(row)
 
 
-@router.get("", response_model=list[DatasetOut])
+@router.get("", response_model=list[DatasetOut], dependencies=[ReadAccess])
 def list_datasets(db: DbSession) -> list[DatasetOut]:
     return [DatasetOut.model_validate(r) for r in datasets.list_datasets(db)]
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, dependencies=[ReadAccess])
 def get_dataset(dataset_id: str, db: DbSession) -> DatasetOut:
     return DatasetOut.model_validate(datasets.get_dataset(db, dataset_id))
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteAccess])
 def delete_dataset(dataset_id: str, db: DbSession, settings: SettingsDep) -> None:
     datasets.delete_dataset(db, settings, dataset_id)

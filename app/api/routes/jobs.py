@@ -1,7 +1,7 @@
 from fastapi import APIRouter, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import DbSession, SettingsDep
+from app.api.deps import DbSession, ReadAccess, SettingsDep, WriteAccess
 from app.api.schemas import JobIn, JobOut, MetricPointOut, MetricsOut
 from app.db.tables import Job, Model
 from app.services import jobs
@@ -16,7 +16,7 @@ def _out(db: Session, job: Job) -> JobOut:
     return out
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, dependencies=[WriteAccess])
 def create_job(body: JobIn, db: DbSession, settings: SettingsDep) -> JobOut:
     job = jobs.create_job(
         db, settings, body.kind, body.dataset_id, body.base_model, body.eval.model_dump(exclude_none=True), body.params
@@ -24,22 +24,22 @@ def create_job(body: JobIn, db: DbSession, settings: SettingsDep) -> JobOut:
     return _out(db, job)
 
 
-@router.get("", response_model=list[JobOut])
+@router.get("", response_model=list[JobOut], dependencies=[ReadAccess])
 def list_jobs(db: DbSession) -> list[JobOut]:
     return [_out(db, j) for j in jobs.list_jobs(db)]
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, dependencies=[ReadAccess])
 def get_job(job_id: str, db: DbSession) -> JobOut:
     return _out(db, jobs.get_job(db, job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, dependencies=[WriteAccess])
 def cancel_job(job_id: str, db: DbSession) -> JobOut:
     return _out(db, jobs.cancel_job(db, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsOut)
+@router.get("/{job_id}/metrics", response_model=MetricsOut, dependencies=[ReadAccess])
 def job_metrics(job_id: str, db: DbSession) -> MetricsOut:
     points = jobs.job_metrics(db, job_id)
     return MetricsOut(job_id=job_id, points=[MetricPointOut.model_validate(p) for p in points])

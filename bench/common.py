@@ -1,0 +1,78 @@
+"""Shared pieces of the benchmarks: where the data is, machine facts, writing results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RETUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+RESULTS = ROOT / "bench" / "results"
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {
+        "benchmark": name,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+    } | payload
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(payload, indent=2))
+    print(f"written to {path}")
+    return path
+
+
+class PrintingObserver:
+    """A TrainingObserver that keeps every metric and prints evaluations as they come."""
+
+    def __init__(self) -> None:
+        self.points: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+
+    def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
+        self.points.append({"step": step, "epoch": epoch, "name": name, "value": value, "split": split})
+        if name != "loss" and name != "learning_rate":
+            print(f"[{time.monotonic() - self.started:7.0f}s] step {step} {split} {name} = {value:.4f}", flush=True)
+
+    def on_progress(self, step: int, total_steps: int) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+    def on_resume(self, step: int) -> None:
+        pass
+
+    def on_message(self, text: str) -> None:
+        print(text, flush=True)
+
+    def metrics_at(self, step: int, split: str) -> dict[str, float]:
+        return {p["name"]: p["value"] for p in self.points if p["step"] == step and p["split"] == split}
