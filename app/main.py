@@ -45,6 +45,7 @@ def create_app() -> FastAPI:
     )
     for module in (health, datasets, models, jobs, indexes, search, keys):
         app.include_router(module.router)
+    app.include_router(indexes.aliases)
 
     @app.exception_handler(RetuneError)
     async def _retune_error(_: Request, exc: RetuneError) -> JSONResponse:

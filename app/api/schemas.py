@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Orm(BaseModel):
@@ -92,6 +92,9 @@ class IndexIn(BaseModel):
 
     dataset_id: str
     model_id: str
+    index_type: Literal["auto", "flat", "hnsw", "ivf"] = Field(
+        "auto", description="auto: exact (flat) up to 200,000 documents, HNSW above."
+    )
 
 
 class IndexOut(Orm):
@@ -99,6 +102,8 @@ class IndexOut(Orm):
     dataset_id: str
     model_id: str
     status: str
+    index_type: str
+    memory_bytes: int | None
     num_docs: int | None
     dim: int | None
     error: str | None
@@ -106,17 +111,39 @@ class IndexOut(Orm):
     finished_at: datetime | None
 
 
-class SearchIn(BaseModel):
+class AliasIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     index_id: str
-    query: str = Field(min_length=1, max_length=10_000)
+
+
+class AliasOut(Orm):
+    name: str
+    index_id: str
+    updated_at: datetime
+
+
+class SearchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index_id: str = Field(description="An index id or an alias name.")
+    query: str | None = Field(None, min_length=1, max_length=10_000)
+    queries: list[Annotated[str, Field(min_length=1, max_length=10_000)]] | None = Field(
+        None, min_length=1, description="Several queries in one call (instead of `query`)."
+    )
     top_k: int = Field(10, ge=1)
     recall_k: int = Field(100, ge=1)
     reranker_id: str | None = None
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Minimum normalised score (0..1).")
     return_text: bool = True
     force: bool = Field(False, description="Use a reranker even if its head was never trained.")
+    int8: bool = Field(False, description="CPU: dynamically int8-quantised models (faster, slightly less exact).")
+
+    @model_validator(mode="after")
+    def _one_of_query_or_queries(self) -> SearchIn:
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give exactly one of 'query' or 'queries'")
+        return self
 
 
 class SearchHitOut(BaseModel):
@@ -128,4 +155,6 @@ class SearchHitOut(BaseModel):
 
 
 class SearchOut(BaseModel):
-    results: list[SearchHitOut]
+    index_id: str = Field(description="The index version that answered (an alias is resolved once).")
+    results: list[SearchHitOut] = Field(description="The hits of `query` (of the first query with `queries`).")
+    batch: list[list[SearchHitOut]] | None = Field(None, description="With `queries`: one list per query.")

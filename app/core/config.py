@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_text_chars: int = 100_000
     max_recall_k: int = 1000
     max_top_k: int = 100
+    max_batch_queries: int = 64
 
     @property
     def resolved_database_url(self) -> str:

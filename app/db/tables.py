@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -107,6 +107,8 @@ class Index(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
     status: Mapped[str] = mapped_column(String(20), default="building")
     path: Mapped[str] = mapped_column(Text)
+    index_type: Mapped[str] = mapped_column(String(10), default="flat")  # requested ("auto") until built
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     num_docs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     dim: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -124,3 +126,13 @@ class ApiKey(Base):
     scope: Mapped[str] = mapped_column(String(10))  # "read" | "write" | "admin"
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class IndexAlias(Base):
+    """A stable name for an index; pointing it at a new version is one row update (atomic)."""
+
+    __tablename__ = "index_aliases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    index_id: Mapped[str] = mapped_column(ForeignKey("indexes.id", ondelete="RESTRICT"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -22,7 +23,7 @@ from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder
 from app.retrieval.reranker import ensure_trained_head, load_reranker, rerank_logits, sigmoid
 from app.retrieval.vector_index import VectorIndex
 from app.services import storage
-from app.services.indexes import META_FILE, get_index
+from app.services.indexes import META_FILE, resolve_index
 from app.services.models import get_model, model_path
 
 
@@ -53,23 +54,32 @@ def _load_checked_reranker(path: str, name: str, device: str, max_length: int | 
     return load_reranker(path, device, max_length)
 
 
+@dataclass
+class SearchOutcome:
+    index_id: str
+    hits: list[list[Hit]]  # one ranked list per query
+
+
 def search(
     session: Session,
     settings: Settings,
-    index_id: str,
-    query: str,
+    index_ref: str,
+    queries: list[str],
     top_k: int,
     recall_k: int,
     reranker_id: str | None,
     threshold: float | None,
     return_text: bool = True,
     force: bool = False,
-) -> list[Hit]:
+    int8: bool = False,
+) -> SearchOutcome:
     if top_k > settings.max_top_k or recall_k > settings.max_recall_k:
         raise InvalidRequestError(f"top_k is at most {settings.max_top_k} and recall_k at most {settings.max_recall_k}")
-    index_row = get_index(session, index_id)
+    if len(queries) > settings.max_batch_queries:
+        raise InvalidRequestError(f"at most {settings.max_batch_queries} queries per request")
+    index_row = resolve_index(session, index_ref)
     if index_row.status != "ready":
-        raise ConflictError(f"index '{index_id}' is {index_row.status}, not ready")
+        raise ConflictError(f"index '{index_row.id}' is {index_row.status}, not ready")
     reranker = get_model(session, reranker_id) if reranker_id else None
     if reranker is not None and reranker.kind != "reranker" and not force:
         raise InvalidRequestError(
@@ -80,33 +90,50 @@ def search(
     dataset = session.get(Dataset, index_row.dataset_id)
     cache = _cache(settings.model_cache_size + 4)
     device = resolve_device(settings.device)
+    int8 = int8 and device == "cpu"  # dynamic int8 quantisation is a CPU path
 
     index_dir = str(storage.absolute(settings, index_row.path))
     vector_index, config = cache.get(("index", index_dir), lambda: _load_index(index_dir))
     embedder_path = model_path(settings, embedder_row)
     embedder = cache.get(
-        ("embedder", embedder_path), lambda: load_embedder(embedder_path, device, config.max_seq_length)
+        ("embedder", embedder_path, int8),
+        lambda: _maybe_int8(load_embedder(embedder_path, device, config.max_seq_length), int8),
     )
     corpus: dict[str, Document] = cache.get(
         ("corpus", dataset.path), lambda: read_retrieval_set(storage.absolute(settings, dataset.path)).corpus
     )
 
-    recalled = vector_index.search(encode_queries(embedder, config, [query]), max(recall_k, top_k))[0]
-    hits = [Hit(d, None, s, s, None) for d, s in recalled]
-    if reranker is not None and hits:
+    recalled = vector_index.search(encode_queries(embedder, config, queries), max(recall_k, top_k))
+    rerank_model = None
+    if reranker is not None:
         path = model_path(settings, reranker)
         max_length = reranker.config.get("max_length")
-        model = cache.get(
-            ("reranker", path, force), lambda: _load_checked_reranker(path, reranker.id, device, max_length, force)
+        rerank_model = cache.get(
+            ("reranker", path, force, int8),
+            lambda: _maybe_int8(_load_checked_reranker(path, reranker.id, device, max_length, force), int8),
         )
-        logits = rerank_logits(model, config.format_query(query), [passage_text(corpus[h.doc_id]) for h in hits])
-        for hit, logit in zip(hits, logits, strict=True):
-            hit.rerank_score, hit.score = float(logit), sigmoid(float(logit))
-        hits.sort(key=lambda h: h.score, reverse=True)
-    if threshold is not None:
-        hits = [h for h in hits if h.score >= threshold]
-    hits = hits[:top_k]
-    if return_text:
-        for hit in hits:
-            hit.text = passage_text(corpus[hit.doc_id])
-    return hits
+    results = []
+    for query, found in zip(queries, recalled, strict=True):
+        hits = [Hit(d, None, s, s, None) for d, s in found]
+        if rerank_model is not None and hits:
+            texts = [passage_text(corpus[h.doc_id]) for h in hits]
+            for hit, logit in zip(hits, rerank_logits(rerank_model, config.format_query(query), texts), strict=True):
+                hit.rerank_score, hit.score = float(logit), sigmoid(float(logit))
+            hits.sort(key=lambda h: h.score, reverse=True)
+        if threshold is not None:
+            hits = [h for h in hits if h.score >= threshold]
+        hits = hits[:top_k]
+        if return_text:
+            for hit in hits:
+                hit.text = passage_text(corpus[hit.doc_id])
+        results.append(hits)
+    return SearchOutcome(index_id=index_row.id, hits=results)
+
+
+def _maybe_int8(model: Any, int8: bool) -> Any:
+    """Dynamic int8 quantisation of the Linear layers (weights int8, activations quantised on the fly)."""
+    if not int8:
+        return model
+    import torch
+
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

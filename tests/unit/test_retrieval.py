@@ -310,3 +310,33 @@ def test_sigmoid_extremes(x):
 def test_sigmoid_symmetry():
     for x in (0.1, 2.0, 15.0, 37.5):
         assert sigmoid(x) + sigmoid(-x) == pytest.approx(1.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_indexes_recall_against_exact(kind: str, tmp_path) -> None:
+    from app.retrieval.vector_index import VectorIndex
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(4000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:50] + 0.05 * rng.normal(size=(50, 32)).astype(np.float32)
+    ids = [f"d{i}" for i in range(len(vectors))]
+    exact = VectorIndex.build(vectors, ids, "flat").search(queries, 10)
+    approx_index = VectorIndex.build(vectors, ids, kind)
+    approx = approx_index.search(queries, 10)
+    recall = np.mean([len({d for d, _ in a} & {d for d, _ in e}) / 10 for a, e in zip(approx, exact, strict=True)])
+    assert recall >= 0.9, recall
+    assert approx_index.memory_bytes() >= vectors.nbytes
+    approx_index.save(tmp_path)
+    reloaded = VectorIndex.load(tmp_path)
+    assert reloaded.kind == kind and reloaded.search(queries, 10) == approx
+
+
+def test_auto_index_kind_by_size() -> None:
+    from app.retrieval.vector_index import AUTO_FLAT_MAX, choose_kind
+
+    assert choose_kind("auto", 1000) == "flat"
+    assert choose_kind("auto", AUTO_FLAT_MAX + 1) == "hnsw"
+    assert choose_kind("ivf", 10) == "ivf"
+    with pytest.raises(ValueError):
+        choose_kind("lsh", 10)

@@ -11,8 +11,10 @@ router = APIRouter(tags=["search"])
 
 @router.post("/search", response_model=SearchOut, dependencies=[ReadAccess])
 def search(body: SearchIn, db: DbSession, settings: SettingsDep) -> SearchOut:
-    hits = search_service.search(
-        db, settings, body.index_id, body.query, body.top_k, body.recall_k,
-        body.reranker_id, body.threshold, body.return_text, body.force,
+    queries = body.queries if body.queries is not None else [body.query or ""]
+    outcome = search_service.search(
+        db, settings, body.index_id, queries, body.top_k, body.recall_k,
+        body.reranker_id, body.threshold, body.return_text, body.force, body.int8,
     )  # fmt: skip
-    return SearchOut(results=[SearchHitOut(**asdict(h)) for h in hits])
+    lists = [[SearchHitOut(**asdict(h)) for h in hits] for hits in outcome.hits]
+    return SearchOut(index_id=outcome.index_id, results=lists[0], batch=lists if body.queries is not None else None)
