@@ -7,10 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.api.routes import datasets, health, indexes, jobs, keys, models, search
+from app.api.schemas import ERROR_RESPONSES
 from app.core.config import get_settings
 from app.core.errors import RetuneError
 from app.db.session import session_scope
@@ -38,6 +43,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     app = FastAPI(
+        responses=ERROR_RESPONSES,
         title="Retune",
         version="0.1.0",
         description="Fine-tune text retrieval models (bi-encoders, rerankers) and serve two-stage search.",
@@ -56,6 +62,25 @@ def create_app() -> FastAPI:
         code = 413 if isinstance(exc, DatasetTooLargeError) else 422
         body = {"detail": str(exc), "file": exc.file, "line": exc.line, "field": exc.field}
         return JSONResponse(body, status_code=code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods; a path served by several routes needs all.
+            scope = dict(request.scope)
+            allowed = sorted(
+                {
+                    m
+                    for r in app.routes
+                    if isinstance(r, APIRoute)
+                    for m in r.methods
+                    if r.matches(scope)[0] != Match.NONE
+                }
+            )
+            return JSONResponse(
+                {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)}
+            )
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:

@@ -8,6 +8,31 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class ErrorOut(BaseModel):
+    """Every error answer. ``detail`` is a sentence, or FastAPI's list of validation problems;
+    upload errors also name the file, line and field."""
+
+    detail: str | list[dict[str, Any]]
+    file: str | None = None
+    line: int | None = None
+    field: str | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in {
+        400: "The body could not be parsed (not JSON, not multipart)",
+        401: "Missing, invalid or revoked API key",
+        403: "The key's scope does not allow this operation",
+        404: "No such resource",
+        409: "The resource is not in a state that allows this",
+        413: "Over a configured size bound",
+        422: "Invalid request or upload (the message names what)",
+        503: "The database or the task queue is unreachable; retry shortly",
+    }.items()
+}
+
+
 class Orm(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -124,7 +149,15 @@ class AliasOut(Orm):
 
 
 class SearchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["query"], "not": {"required": ["queries"]}},
+                {"required": ["queries"], "not": {"required": ["query"]}},
+            ]
+        },
+    )
 
     index_id: str = Field(description="An index id or an alias name.")
     query: str | None = Field(None, min_length=1, max_length=10_000)
