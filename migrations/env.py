@@ -5,9 +5,12 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 
 from app.db.session import make_engine
 from app.db.tables import Base
+
+MIGRATION_LOCK_KEY = 7_210_355_402  # any constant; names Retune's migration lock
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -29,6 +32,10 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(_url())
     with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # API and workers start together and all migrate: one at a time (released with the session).
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,

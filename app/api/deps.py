@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
@@ -20,7 +21,12 @@ def get_db() -> Iterator[Session]:
     try:
         yield session
     finally:
-        session.close()
+        # After the database went away, closing (its implicit rollback) fails too; the answer (503)
+        # has been sent by then, so the dead connection is just dropped from the pool.
+        try:
+            session.close()
+        except SQLAlchemyError:
+            session.invalidate()
 
 
 DbSession = Annotated[Session, Depends(get_db)]

@@ -87,6 +87,7 @@ def train_embedder(
     from sentence_transformers.sentence_transformer import losses
 
     rng = random.Random(params.seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
     model = load_embedder(base_path, device, params.passage_max_len)
     config = EmbedderConfig(
         query_instruction=params.query_instruction,

@@ -44,6 +44,7 @@ def train_reranker(
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments, losses
 
     rng = random.Random(params.seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
 
     # First stage: candidates for evaluation and hard negatives for training, one corpus encoding.
     embedder = load_embedder(candidate_path, device, candidate_config.max_seq_length)

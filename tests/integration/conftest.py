@@ -66,15 +66,17 @@ def _create_pg_database() -> tuple[str, str]:
     return name, f"{base}/{name}"
 
 
-def _drop_pg_database(name: str) -> None:
+def drop_pg_database(name: str) -> None:
     import psycopg
 
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_service(backend: str, tmp: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Service]:
-    port = _free_port()
+def start_service(
+    backend: str, tmp: Path, extra_env: dict[str, str] | None = None, api_only: bool = False
+) -> tuple[subprocess.Popen, Service]:
+    port = int((extra_env or {}).get("RETUNE_PORT") or _free_port())
     env = {
         **os.environ,
         "RETUNE_DATA_DIR": str(tmp / "data"),
@@ -83,9 +85,9 @@ def start_service(backend: str, tmp: Path, extra_env: dict[str, str] | None = No
         "HF_HUB_OFFLINE": "1",
     }
     env.update(extra_env or {})
-    log_path = tmp / "service.log"
+    log_path = tmp / f"service-{time.monotonic_ns()}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve"],
+        [sys.executable, "-m", "app.cli", "serve", *(["--no-worker"] if api_only else [])],
         cwd=ROOT,
         env=env,
         stdout=log_path.open("wb"),
@@ -109,6 +111,28 @@ def start_service(backend: str, tmp: Path, extra_env: dict[str, str] | None = No
     pytest.fail(f"service did not become healthy:\n{service.log_tail()}")
 
 
+def start_worker(tmp: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A Celery worker as its own process (production layout), in its own process group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker"],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        stdout=(tmp / f"worker-{time.monotonic_ns()}.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def postgres_redis_env() -> tuple[str, dict[str, str]]:
+    """A fresh PostgreSQL database and a private Redis queue; returns (database name, env)."""
+    db_name, db_url = _create_pg_database()
+    return db_name, {
+        "RETUNE_DATABASE_URL": db_url,
+        "RETUNE_BROKER_URL": REDIS_URL,
+        "RETUNE_QUEUE": f"retune-test-{uuid.uuid4().hex[:8]}",
+    }
+
+
 def stop_service(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -125,12 +149,8 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     db_name = None
     env: dict[str, str] = {"RETUNE_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}
     if request.param == "postgres":
-        db_name, db_url = _create_pg_database()
-        env |= {
-            "RETUNE_DATABASE_URL": db_url,
-            "RETUNE_BROKER_URL": REDIS_URL,
-            "RETUNE_QUEUE": f"retune-test-{uuid.uuid4().hex[:8]}",
-        }
+        db_name, pg_env = postgres_redis_env()
+        env |= pg_env
     proc, svc = start_service(request.param, tmp, env)
     try:
         yield svc
@@ -138,4 +158,4 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         svc.client.close()
         stop_service(proc)
         if db_name:
-            _drop_pg_database(db_name)
+            drop_pg_database(db_name)

@@ -1,0 +1,148 @@
+"""Faults against real processes on PostgreSQL + Redis (the production layout: API and worker apart)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import (
+    Service,
+    drop_pg_database,
+    postgres_redis_env,
+    start_service,
+    start_worker,
+    stop_service,
+)
+from tests.integration.tcp_proxy import TcpProxy
+
+TINY = {"epochs": 1, "batch_size": 8, "passage_max_len": 96, "logging_steps": 1}
+
+
+@pytest.fixture
+def pg_env() -> Iterator[dict[str, str]]:
+    db_name, env = postgres_redis_env()
+    try:
+        yield env
+    finally:
+        drop_pg_database(db_name)
+
+
+def _job(service: Service, dataset_id: str, **params: object) -> dict:
+    response = service.client.post(
+        "/jobs", json={"kind": "embedder", "dataset_id": dataset_id, "eval": {"split": "test"}, "params": TINY | params}
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def _finished(job: dict) -> bool:
+    return job["status"] in {"succeeded", "failed", "cancelled"}
+
+
+@pytest.mark.integration
+def test_database_briefly_unreachable_gives_503_then_recovers(tmp_path: Path, pg_env: dict[str, str]) -> None:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    proxy.start()
+    url = pg_env["RETUNE_DATABASE_URL"].replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    proc, service = start_service("postgres", tmp_path, pg_env | {"RETUNE_DATABASE_URL": url})
+    try:
+        assert service.client.get("/models").status_code == 200
+        proxy.stop()
+        down = service.client.get("/models")
+        assert down.status_code == 503, down.text
+        assert "database" in down.json()["detail"]
+        assert service.client.get("/health").status_code == 503
+        proxy.start()
+        deadline = time.monotonic() + 20
+        while service.client.get("/models").status_code != 200:
+            assert time.monotonic() < deadline, "did not recover without a restart"
+            time.sleep(0.5)
+        assert service.client.get("/health").json() == {"status": "ok"}
+    finally:
+        proxy.stop()
+        stop_service(proc)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_api_restart_while_job_runs(tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes) -> None:
+    worker = start_worker(tmp_path, pg_env | {"RETUNE_DATA_DIR": str(tmp_path / "data")})
+    proc, service = start_service("postgres", tmp_path, pg_env, api_only=True)
+    try:
+        dataset = service.client.post("/datasets", files={"file": ("s.zip", scifact_zip)}).json()
+        job = _job(service, dataset["id"])
+        service.wait_for(f"/jobs/{job['id']}", lambda j: j["step"] >= 1, timeout=300)
+        stop_service(proc)  # the API goes away mid-job ...
+        time.sleep(2)
+        proc, service = start_service(
+            "postgres", tmp_path, pg_env | {"RETUNE_PORT": service.url.rsplit(":", 1)[1]}, api_only=True
+        )  # ... and comes back
+        final = service.wait_for(f"/jobs/{job['id']}", _finished, timeout=300)
+        assert final["status"] == "succeeded", final
+        assert final["attempts"] == 1, "the job was never interrupted"
+        points = service.client.get(f"/jobs/{job['id']}/metrics").json()["points"]
+        assert [p["step"] for p in points if p["name"] == "loss"] == list(range(1, final["total_steps"] + 1))
+        assert [p["step"] for p in points if p["name"] == "ndcg@10"] == [0, final["total_steps"]]
+    finally:
+        stop_service(proc)
+        os.killpg(worker.pid, signal.SIGKILL)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_jobs_and_searching_without_cross_talk(tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes) -> None:
+    proc, service = start_service("postgres", tmp_path, pg_env | {"RETUNE_WORKER_CONCURRENCY": "2"})
+    client = service.client
+    try:
+        dataset = client.post("/datasets", files={"file": ("s.zip", scifact_zip)}).json()
+        index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": "all-MiniLM-L6-v2"}).json()
+        service.wait_for(f"/indexes/{index['id']}", lambda i: i["status"] == "ready", timeout=300)
+
+        searches: list[int] = []
+        stop = threading.Event()
+
+        def keep_searching() -> None:
+            while not stop.is_set():
+                body = {"index_id": index["id"], "query": "vitamin D", "top_k": 3}
+                searches.append(client.post("/search", json=body).status_code)
+                time.sleep(0.3)
+
+        searcher = threading.Thread(target=keep_searching)
+        searcher.start()
+        try:
+            long_job = _job(service, dataset["id"], max_steps=400, learning_rate=1e-5)
+            short_job = _job(service, dataset["id"], seed=7)
+            waiting_job = _job(service, dataset["id"], max_steps=2)
+            for job in (long_job, short_job):
+                service.wait_for(f"/jobs/{job['id']}", lambda j: j["status"] == "running", timeout=300)
+            assert client.get(f"/jobs/{waiting_job['id']}").json()["status"] == "queued"  # both slots are taken
+
+            client.post(f"/jobs/{long_job['id']}/cancel")  # frees its slot for the waiting job
+            long_final = service.wait_for(f"/jobs/{long_job['id']}", _finished, timeout=120)
+            assert long_final["status"] == "cancelled" and long_final["model_id"] is None
+            waiting = service.wait_for(f"/jobs/{waiting_job['id']}", _finished, timeout=300)
+            assert waiting["status"] == "succeeded", waiting
+            service.wait_for(f"/jobs/{short_job['id']}", _finished, timeout=300)
+        finally:
+            stop.set()
+            searcher.join(timeout=60)
+        assert searches and set(searches) == {200}, searches
+
+        short_final = client.get(f"/jobs/{short_job['id']}").json()
+        assert short_final["status"] == "succeeded"
+        for job in (short_final, waiting):
+            points = client.get(f"/jobs/{job['id']}/metrics").json()["points"]
+            losses = [p["step"] for p in points if p["name"] == "loss"]
+            assert losses == list(range(1, job["total_steps"] + 1)), (job["id"], losses)
+        assert short_final["model_id"] != waiting["model_id"]
+        models = {m["id"]: m for m in client.get("/models").json()}
+        assert models[short_final["model_id"]]["job_id"] == short_job["id"]
+        assert models[waiting["model_id"]]["job_id"] == waiting_job["id"]
+    finally:
+        stop_service(proc)
