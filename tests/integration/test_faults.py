@@ -22,6 +22,7 @@ from tests.integration.conftest import (
 from tests.integration.tcp_proxy import TcpProxy
 
 TINY = {"epochs": 1, "batch_size": 8, "passage_max_len": 96, "logging_steps": 1}
+SMALL_EVAL = {"split": "test", "max_queries": 5, "max_corpus_docs": 60}  # these tests are about processes
 
 
 @pytest.fixture
@@ -35,7 +36,8 @@ def pg_env() -> Iterator[dict[str, str]]:
 
 def _job(service: Service, dataset_id: str, **params: object) -> dict:
     response = service.client.post(
-        "/jobs", json={"kind": "embedder", "dataset_id": dataset_id, "eval": {"split": "test"}, "params": TINY | params}
+        "/jobs",
+        json={"kind": "embedder", "dataset_id": dataset_id, "eval": SMALL_EVAL, "params": TINY | params},
     )
     assert response.status_code == 202, response.text
     return response.json()

@@ -69,7 +69,13 @@ def _kill_and_resume(
     client = service.client
     dataset = client.post("/datasets", files={"file": ("scifact-slice.zip", scifact_zip)}).json()
     job = client.post(
-        "/jobs", json={"kind": "embedder", "dataset_id": dataset["id"], "eval": {"split": "test"}, "params": PARAMS}
+        "/jobs",
+        json={
+            "kind": "embedder",
+            "dataset_id": dataset["id"],
+            "eval": {"split": "test", "max_queries": 5, "max_corpus_docs": 60},
+            "params": PARAMS,
+        },
     ).json()
     checkpoint = service.data_dir / "work" / job["id"] / "trainer" / "checkpoint-2"
     service.wait_for(f"/jobs/{job['id']}", lambda j: j["step"] >= 3 and checkpoint.exists(), timeout=300, interval=0.2)
