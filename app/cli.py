@@ -19,6 +19,7 @@ def worker_command(concurrency: int) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "-Q", settings.queue, "--pool", "threads", "-c", str(concurrency),
+        "-B", "--schedule", str(settings.data_dir / f"celerybeat-{settings.queue}"),
         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
 

@@ -2,7 +2,7 @@
 
 from celery.signals import worker_ready
 
-from app.core.queue import BUILD_INDEX, RUN_JOB
+from app.core.queue import BUILD_INDEX, RECOVER, RUN_JOB
 from worker.celery_app import celery_app
 
 
@@ -20,9 +20,16 @@ def build_index(index_id: str) -> None:
     build(index_id)
 
 
-@worker_ready.connect
-def recover_orphaned_jobs(**_: object) -> None:
-    """Jobs left 'running' by a worker that died are sent again; they resume from their checkpoint."""
-    from app.services.job_runner import requeue_orphaned_jobs
+@celery_app.task(name=RECOVER, ignore_result=True)
+def recover_lost_jobs() -> None:
+    from app.services.job_runner import recover_lost_jobs as recover
 
-    requeue_orphaned_jobs()
+    recover()
+
+
+@worker_ready.connect
+def recover_at_start(**_: object) -> None:
+    """Jobs left 'running' by a worker that died resume at once, not at the next sweep."""
+    from app.services.job_runner import recover_lost_jobs as recover
+
+    recover()

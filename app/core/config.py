@@ -27,6 +27,18 @@ class Settings(BaseSettings):
     default_base_model: str = Field("all-MiniLM-L6-v2", description="Model id used when a job names no base model.")
     device: str | None = Field(None, description="torch device for workers; default cuda when present.")
     model_cache_size: int = Field(4, description="Models kept loaded per process for /search.")
+    allowed_model_roots: list[Path] = Field(
+        default_factory=list,
+        description="Local folders a job may name as base_model (JSON list); others are refused.",
+    )
+    allowed_hub_models: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Glob patterns of Hugging Face ids a job may name (JSON list); [] allows none.",
+    )
+    redispatch_seconds: int = Field(
+        300, ge=1, description="A job still queued this long after its task was sent is sent again."
+    )
+    recovery_interval_seconds: float = Field(30.0, gt=0, description="How often workers look for lost jobs.")
     job_stale_seconds: int = Field(
         60, ge=2, description="A running job whose heartbeat is older than this is taken over by a starting worker."
     )

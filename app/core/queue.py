@@ -11,6 +11,7 @@ from app.core.config import Settings
 
 RUN_JOB = "retune.run_job"
 BUILD_INDEX = "retune.build_index"
+RECOVER = "retune.recover_lost_jobs"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -23,5 +24,13 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # Celery beat (started with the worker: `-B`) sends the recovery sweep; no scheduler of our own.
+        beat_schedule={
+            "recover-lost-jobs": {
+                "task": RECOVER,
+                "schedule": settings.recovery_interval_seconds,
+                "options": {"queue": settings.queue, "expires": settings.recovery_interval_seconds},
+            }
+        },
     )
     return app

@@ -80,6 +80,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Refreshed by the worker running the job; a stale one means that worker died (the job is then resumed).
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)  # its task was last sent then
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)

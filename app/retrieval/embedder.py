@@ -55,7 +55,8 @@ def passage_text(doc: Document) -> str:
 def load_embedder(path: str, device: str, max_seq_length: int | None = None) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(path, device=device, trust_remote_code=False)
+    # safetensors only: a pickled checkpoint can run code when loaded.
+    model = SentenceTransformer(path, device=device, trust_remote_code=False, model_kwargs={"use_safetensors": True})
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model

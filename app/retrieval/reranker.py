@@ -28,7 +28,7 @@ def untrained_head_weights(path: str) -> list[str]:
     hf_logging.set_verbosity_error()
     try:
         _, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, output_loading_info=True, trust_remote_code=False
+            path, num_labels=1, output_loading_info=True, trust_remote_code=False, use_safetensors=True
         )
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -51,7 +51,14 @@ def load_reranker(path: str, device: str, max_length: int | None = None) -> Cros
     import torch
     from sentence_transformers import CrossEncoder
 
-    model = CrossEncoder(path, num_labels=1, device=device, activation_fn=torch.nn.Identity(), trust_remote_code=False)
+    model = CrossEncoder(
+        path,
+        num_labels=1,
+        device=device,
+        activation_fn=torch.nn.Identity(),
+        trust_remote_code=False,
+        model_kwargs={"use_safetensors": True},  # a pickled checkpoint can run code when loaded
+    )
     if max_length:
         model.max_seq_length = max_length
     model.eval()

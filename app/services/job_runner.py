@@ -138,25 +138,45 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-def requeue_orphaned_jobs(settings: Settings | None = None) -> list[str]:
-    """Called when a worker starts: jobs left 'running' by a dead worker are sent again and resume."""
+def recover_lost_jobs(settings: Settings | None = None) -> list[str]:
+    """Send again the tasks of jobs that would otherwise never finish; safe to run often and anywhere.
+
+    - running, but the heartbeat is stale: its worker died (it resumes from its checkpoint);
+    - queued, and its task was sent long ago: the message may be lost (a broker restarted
+      without persistence). If it was not lost, the copy finds the job taken and does nothing.
+    Delivery is at least once; the atomic claim in ``_claim`` makes running exactly once.
+    """
     from app.core.queue import RUN_JOB
     from app.services import dispatch
 
     settings = settings or get_settings()
-    stale_before = utcnow() - timedelta(seconds=settings.job_stale_seconds)
+    now = utcnow()
+    stale_before = now - timedelta(seconds=settings.job_stale_seconds)
+    sent_before = now - timedelta(seconds=settings.redispatch_seconds)
     with session_scope() as s:
-        orphans = list(
+        lost = list(
             s.scalars(
                 select(Job.id).where(
-                    Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)
+                    Job.cancel_requested.is_(False),
+                    or_(
+                        and_(
+                            Job.status == "running",
+                            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before),
+                        ),
+                        and_(
+                            Job.status == "queued",
+                            or_(Job.dispatched_at.is_(None), Job.dispatched_at < sent_before),
+                        ),
+                    ),
                 )
             )
         )
-    for job_id in orphans:
-        log.warning("job %s was left running by a dead worker: sending it again", job_id)
+    for job_id in lost:
+        log.warning("job %s looks lost (dead worker or lost message): sending it again", job_id)
         dispatch.enqueue(RUN_JOB, job_id)
-    return orphans
+        with session_scope() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow()))
+    return lost
 
 
 def _finish(job_id: str, status: str, **fields: object) -> None:

@@ -77,6 +77,8 @@ def create_job(
     session.commit()
     try:
         dispatch.enqueue(RUN_JOB, job.id)
+        job.dispatched_at = utcnow()
+        session.commit()
     except Exception:
         job.status, job.error, job.finished_at = "failed", "could not be queued: the broker is unreachable", utcnow()
         session.commit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 from sqlalchemy import select
@@ -60,9 +61,18 @@ def resolve_base_model(session: Session, settings: Settings, reference: str) -> 
     if row is not None:
         return model_path(settings, row), row
     if reference.startswith(("/", ".")):
-        if not Path(reference).is_dir():
+        local = Path(reference).resolve()
+        roots = [root.resolve() for root in settings.allowed_model_roots]
+        if not any(local.is_relative_to(root) for root in roots):
+            raise InvalidRequestError(
+                f"base_model '{reference}': local folders must be under RETUNE_ALLOWED_MODEL_ROOTS "
+                f"({', '.join(map(str, roots)) or 'none configured'})"
+            )
+        if not local.is_dir():
             raise InvalidRequestError(f"base_model '{reference}': no such local directory")
-        return str(Path(reference).resolve()), None
+        return str(local), None
     if reference.count("/") > 1 or ".." in reference or not reference.strip():
         raise InvalidRequestError(f"base_model '{reference}': not a model id, a directory or a Hugging Face id")
+    if not any(fnmatch.fnmatchcase(reference, pattern) for pattern in settings.allowed_hub_models):
+        raise InvalidRequestError(f"base_model '{reference}': not allowed by RETUNE_ALLOWED_HUB_MODELS")
     return reference, None

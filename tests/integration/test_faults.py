@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -148,3 +151,69 @@ def test_two_jobs_and_searching_without_cross_talk(tmp_path: Path, pg_env: dict[
         assert models[waiting["model_id"]]["job_id"] == waiting_job["id"]
     finally:
         stop_service(proc)
+
+
+REDIS_START = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+    "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
+
+
+def _redis_up() -> bool:
+    return (
+        subprocess.run(["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True, text=True).stdout.strip()
+        == "PONG"
+    )
+
+
+def _restart_redis() -> None:
+    """Restart the machine's Redis as an operator would; it keeps nothing on disk, so queued messages are lost."""
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], capture_output=True)
+    deadline = time.monotonic() + 20
+    while _redis_up():
+        assert time.monotonic() < deadline, "redis did not stop"
+        time.sleep(0.2)
+    subprocess.run(REDIS_START, shell=True, check=True)
+    while not _redis_up():
+        assert time.monotonic() < deadline + 20, "redis did not come back"
+        time.sleep(0.2)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_redis_restart_with_idle_worker_and_with_a_queued_job(
+    tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes
+) -> None:
+    if not shutil.which("redis-server") or not pg_env["RETUNE_BROKER_URL"].startswith("redis://127.0.0.1:6379"):
+        pytest.skip("needs the machine's own Redis on 127.0.0.1:6379 to restart")
+    env = pg_env | {"RETUNE_DATA_DIR": str(tmp_path / "data"), "RETUNE_REDISPATCH_SECONDS": "3",
+                    "RETUNE_RECOVERY_INTERVAL_SECONDS": "2"}  # fmt: skip
+    proc, service = start_service("postgres", tmp_path, env, api_only=True)
+    worker = start_worker(tmp_path, env)
+    try:
+        dataset = service.client.post("/datasets", files={"file": ("s.zip", scifact_zip)}).json()
+
+        _restart_redis()  # the worker is idle: it must reconnect by itself
+        job = _job(service, dataset["id"], max_steps=2)
+        assert service.wait_for(f"/jobs/{job['id']}", _finished, timeout=300)["status"] == "succeeded"
+
+        os.killpg(worker.pid, signal.SIGKILL)  # no worker: the next job stays queued in Redis ...
+        queued = _job(service, dataset["id"], max_steps=2)
+        time.sleep(1)
+        _restart_redis()  # ... and its message is lost with the restart
+        queue_length = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "llen", pg_env["RETUNE_QUEUE"]], capture_output=True, text=True
+        ).stdout.strip()
+        assert queue_length == "0", "the message should really be gone"
+        assert service.client.get(f"/jobs/{queued['id']}").json()["status"] == "queued"
+
+        worker = start_worker(tmp_path, env)  # Retune sends it again from SQL
+        final = service.wait_for(f"/jobs/{queued['id']}", _finished, timeout=300)
+        assert final["status"] == "succeeded", final
+        assert final["attempts"] == 1
+    finally:
+        if not _redis_up():
+            subprocess.run(REDIS_START, shell=True)
+        stop_service(proc)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
