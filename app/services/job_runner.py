@@ -23,8 +23,9 @@ from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig
 from app.services import storage
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
+from app.training.common import TrainingOutcome
 from app.training.data import EvalSpec, prepare
-from app.training.embedder import TrainingOutcome, train_embedder
+from app.training.embedder import train_embedder
 from app.training.observer import TrainingCancelled
 from app.training.params import EmbedderParams, RerankerParams
 from app.training.reranker import train_reranker

@@ -9,9 +9,8 @@ be a false in-batch negative).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,32 +25,13 @@ from app.training.checkpoints import (
     save_rows,
     trainer_dir,
 )
+from app.training.common import TrainingOutcome, trainer_arguments
 from app.training.data import PreparedData, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver
 from app.training.params import EmbedderParams
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-
-
-@dataclass
-class TrainingOutcome:
-    model_dir: Path
-    config: dict[str, Any]
-    better_than_base: bool
-    base_value: float | None
-    best_value: float | None
-    best_step: int | None
-    metric: str
-
-
-def precision_flags(device: str) -> dict[str, bool]:
-    """bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU."""
-    if not device.startswith("cuda"):
-        return {}
-    import torch
-
-    return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
 
 
 def _negatives_for(
@@ -139,23 +119,11 @@ def train_embedder(
         loss = losses.MultipleNegativesRankingLoss(model, scale=scale)
 
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(trainer_dir(work_dir)),
-        num_train_epochs=params.epochs,
-        max_steps=params.max_steps or -1,
-        per_device_train_batch_size=min(params.batch_size, len(train_dataset)),
-        learning_rate=params.learning_rate,
-        warmup_steps=params.warmup_ratio,  # a float is a ratio in transformers v5
-        weight_decay=params.weight_decay,
-        seed=params.seed,
-        logging_steps=params.logging_steps,
+        **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)),
         save_strategy="steps",
         save_steps=params.checkpoint_steps,
         save_total_limit=1,
-        report_to="none",
-        disable_tqdm=True,
         batch_sampler=BatchSamplers.NO_DUPLICATES,
-        use_cpu=device == "cpu",
-        **precision_flags(device),
     )
     callback = ObserverCallback(observer, lambda s, e: evaluate(s, e), params.eval_steps)
     trainer = SentenceTransformerTrainer(

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class _Params(BaseModel):
+class TrainingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: float = Field(2.0, gt=0, le=100)
@@ -31,7 +31,7 @@ class _Params(BaseModel):
     max_train_queries: int | None = Field(None, ge=1, description="Train on a seeded sample of this many queries.")
 
 
-class EmbedderParams(_Params):
+class EmbedderParams(TrainingParams):
     batch_size: int = Field(32, ge=2, le=4096)
     temperature: float = Field(0.02, gt=0, le=1, description="Softmax temperature; scale = 1/temperature.")
     train_group_size: int = Field(2, ge=1, le=64, description="1 positive + N-1 hard negatives per query.")
@@ -62,7 +62,7 @@ class EmbedderParams(_Params):
         return self
 
 
-class RerankerParams(_Params):
+class RerankerParams(TrainingParams):
     learning_rate: float = Field(1e-4, gt=0, le=1e-2)
     batch_size: int = Field(8, ge=1, le=1024, description="Queries per batch (each with its group).")
     loss: Literal["listwise", "bce"] = Field(

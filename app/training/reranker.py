@@ -20,8 +20,8 @@ from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
 from app.retrieval.reranker import load_reranker
 from app.training.callbacks import BestModel, ObserverCallback
+from app.training.common import TrainingOutcome, trainer_arguments
 from app.training.data import PreparedData, mine_negatives
-from app.training.embedder import TrainingOutcome, precision_flags
 from app.training.observer import TrainingCancelled, TrainingObserver
 from app.training.params import RerankerParams
 
@@ -129,20 +129,7 @@ def train_reranker(
         loss = losses.BinaryCrossEntropyLoss(model)
 
     args = CrossEncoderTrainingArguments(
-        output_dir=str(work_dir / "trainer"),
-        num_train_epochs=params.epochs,
-        max_steps=params.max_steps or -1,
-        per_device_train_batch_size=min(params.batch_size, len(train_dataset)),
-        learning_rate=params.learning_rate,
-        warmup_steps=params.warmup_ratio,  # a float is a ratio in transformers v5
-        weight_decay=params.weight_decay,
-        seed=params.seed,
-        logging_steps=params.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=device == "cpu",
-        **precision_flags(device),
+        **trainer_arguments(params, work_dir / "trainer", device, len(train_dataset)), save_strategy="no"
     )
     callback = ObserverCallback(observer, evaluate, params.eval_steps)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback])
