@@ -58,7 +58,7 @@ class ModelOut(Orm):
 
 
 class EvalSpecIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     split: str | None = Field(None, description="A qrels split of a BEIR dataset, e.g. 'test'.")
     holdout_fraction: float | None = Field(None, description="Share of training queries held out (default 0.2).")
@@ -70,7 +70,7 @@ class EvalSpecIn(BaseModel):
 
 
 class JobIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kind: Literal["embedder", "reranker"]
     dataset_id: str
@@ -113,7 +113,7 @@ class MetricsOut(BaseModel):
 
 
 class IndexIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     dataset_id: str
     model_id: str
@@ -137,7 +137,7 @@ class IndexOut(Orm):
 
 
 class AliasIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     index_id: str
 
@@ -151,6 +151,7 @@ class AliasOut(Orm):
 class SearchIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "oneOf": [
                 {"required": ["query"], "not": {"required": ["queries"]}},

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `"seed": false` or `"epochs": "2"` is refused, not coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     epochs: float = Field(2.0, gt=0, le=100)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
@@ -39,7 +40,9 @@ class EmbedderParams(TrainingParams):
         "auto",
         description="auto: the dataset's negatives when it has them, else mined from the base model.",
     )
-    negative_rank_range: tuple[int, int] = Field((10, 50), description="Mined negatives come from these ranks.")
+    negative_rank_range: list[int] = Field(
+        default_factory=lambda: [10, 50], min_length=2, max_length=2, description="Mined negatives: ranks [lo, hi)."
+    )
     passage_max_len: int = Field(256, ge=16, le=8192)
     query_instruction: str = Field("", max_length=1000)
     query_instruction_format: str = Field("{}{}", max_length=100)

@@ -12,19 +12,36 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ADMIN_KEY, ROOT, Service
+from tests.integration.conftest import (
+    ADMIN_KEY,
+    ROOT,
+    drop_pg_database,
+    postgres_redis_env,
+    start_service,
+    stop_service,
+)
 
 
 @pytest.mark.integration
-def test_schemathesis_short_run(service: Service, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("st")), "--config-file", str(ROOT / "schemathesis.toml"),
-            "run", f"{service.url}/openapi.json", "-H", f"Authorization: Bearer {ADMIN_KEY}",
-            "--max-examples", "15", "--seed", "1", "--no-color", "--request-timeout", "60",
-        ],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+@pytest.mark.parametrize("backend", ["embedded", "postgres"])
+def test_schemathesis_short_run(backend: str, tmp_path: Path) -> None:
+    # A service of its own: the fuzzer's stateful phase starts real jobs and index builds with any
+    # ids it finds, which would load the shared test service for minutes.
+    db_name, env = postgres_redis_env() if backend == "postgres" else (None, {})
+    proc, service = start_service(backend, tmp_path, env)
+    try:
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("st")), "--config-file", str(ROOT / "schemathesis.toml"),
+                "run", f"{service.url}/openapi.json", "-H", f"Authorization: Bearer {ADMIN_KEY}",
+                "--max-examples", "15", "--seed", "1", "--no-color", "--request-timeout", "60",
+            ],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        stop_service(proc)
+        if db_name:
+            drop_pg_database(db_name)
     summary = result.stdout[-3000:]
     assert result.returncode == 0, summary
     assert " passed" in summary and "failures" not in summary.split("SUMMARY")[-1].lower(), summary

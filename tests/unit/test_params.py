@@ -14,7 +14,7 @@ def test_embedder_defaults():
     assert p.batch_size == 32
     assert p.train_group_size == 2
     assert p.hard_negatives == "auto"
-    assert p.negative_rank_range == (10, 50)
+    assert p.negative_rank_range == [10, 50]
     assert p.query_instruction == ""
     assert p.query_instruction_format == "{}{}"
     assert p.passage_instruction == ""
@@ -58,7 +58,7 @@ def test_embedder_only_keys_are_unknown_to_the_reranker():
 
 def test_negative_rank_range_accepts_json_list():
     p = EmbedderParams.model_validate({"negative_rank_range": [0, 5]})
-    assert p.negative_rank_range == (0, 5)
+    assert p.negative_rank_range == [0, 5]
 
 
 @pytest.mark.parametrize("bad", [[50, 10], [10, 10], [-1, 5], [1, 2, 3], [5], "10-50"])

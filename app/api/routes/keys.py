@@ -10,7 +10,7 @@ router = APIRouter(prefix="/keys", tags=["keys"], dependencies=[AdminAccess])
 
 
 class KeyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=200)
     scope: str = Field(pattern="^(read|write|admin)$")
