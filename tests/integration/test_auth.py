@@ -48,3 +48,29 @@ def test_keys_scopes_and_revocation(service: Service) -> None:
     assert reader.get("/models").status_code == 401
     for client in (anonymous, reader, writer):
         client.close()
+
+
+@pytest.mark.integration
+def test_first_start_without_bootstrap_key_prints_one_admin_key_once(tmp_path) -> None:
+    import os
+    import re
+
+    from tests.integration.conftest import start_service, stop_service
+
+    env = {"RETUNE_BOOTSTRAP_KEY": "", "RETUNE_QUEUE": "first-key-test"}
+    os.environ.pop("RETUNE_BOOTSTRAP_KEY", None)
+    proc, service = start_service("embedded", tmp_path, env)
+    try:
+        printed = re.findall(r"admin API key \(shown once, store it\): (rt_\S+)", service.log_path.read_text())
+        assert len(printed) == 1, service.log_tail()
+        assert _client(service, printed[0]).get("/keys").status_code == 200
+        assert _client(service, None).get("/models").status_code == 401
+    finally:
+        stop_service(proc)
+    port = service.url.rsplit(":", 1)[1]
+    proc, again = start_service("embedded", tmp_path, env | {"RETUNE_PORT": port})
+    try:
+        assert "shown once" not in again.log_path.read_text(), "a second start must not make another key"
+        assert _client(again, printed[0]).get("/models").status_code == 200
+    finally:
+        stop_service(proc)
