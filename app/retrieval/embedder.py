@@ -64,7 +64,7 @@ def load_embedder(path: str, device: str, max_seq_length: int | None = None) -> 
 
 def encode_texts(model: SentenceTransformer, texts: list[str], normalize: bool, batch_size: int = 64) -> np.ndarray:
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+        return np.zeros((0, model.get_embedding_dimension() or 0), dtype=np.float32)
     vectors = model.encode(
         texts,
         batch_size=batch_size,

@@ -65,4 +65,4 @@ def test_pickled_checkpoints_are_not_loaded(tmp_path: Path) -> None:
     (pickled / "model.safetensors").unlink()
     with pytest.raises(OSError):
         load_embedder(str(pickled), "cpu")
-    assert load_embedder(str(bundled), "cpu").get_sentence_embedding_dimension() == 384
+    assert load_embedder(str(bundled), "cpu").get_embedding_dimension() == 384
