@@ -63,10 +63,6 @@ class Settings(BaseSettings):
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
 
-    @property
-    def is_embedded_broker(self) -> bool:
-        return self.resolved_broker_url.startswith("sqla+")
-
     def ensure_dirs(self) -> None:
         for sub in ("datasets", "models", "indexes", "tmp"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)

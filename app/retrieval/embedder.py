@@ -6,7 +6,7 @@ applied by :func:`format_query` both when training and when searching, so the tw
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +26,6 @@ class EmbedderConfig:
     passage_instruction: str = ""
     normalize: bool = True
     max_seq_length: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

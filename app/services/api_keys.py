@@ -14,8 +14,9 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.errors import InvalidRequestError, NotFoundError, RetuneError
+from app.core.errors import InvalidRequestError, RetuneError
 from app.db.tables import ApiKey, utcnow
+from app.services.lookup import get_or_404
 
 SCOPES = ("read", "write", "admin")
 KEY_PREFIX = "rt_"
@@ -72,9 +73,7 @@ def list_keys(session: Session) -> list[ApiKey]:
 
 
 def revoke_key(session: Session, key_id: str) -> ApiKey:
-    row = session.get(ApiKey, key_id)
-    if row is None:
-        raise NotFoundError("api key", key_id)
+    row = get_or_404(session, ApiKey, key_id, "api key")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.commit()

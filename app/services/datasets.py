@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from app.core.errors import ConflictError, InvalidRequestError
 from app.db.tables import Dataset, Index, Job, new_id
 from app.ingest import (
     DatasetTooLargeError,
@@ -30,6 +30,7 @@ from app.ingest import (
     write_training_examples,
 )
 from app.services import storage
+from app.services.lookup import get_or_404
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 CHUNK = 1 << 20
@@ -114,10 +115,7 @@ def list_datasets(session: Session) -> list[Dataset]:
 
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:
-    row = session.get(Dataset, dataset_id)
-    if row is None:
-        raise NotFoundError("dataset", dataset_id)
-    return row
+    return get_or_404(session, Dataset, dataset_id, "dataset")
 
 
 def delete_dataset(session: Session, settings: Settings, dataset_id: str) -> None:

@@ -19,6 +19,7 @@ from app.retrieval.embedder import EmbedderConfig, encode_passages, load_embedde
 from app.retrieval.vector_index import VectorIndex, choose_kind
 from app.services import dispatch, storage
 from app.services.datasets import get_dataset
+from app.services.lookup import get_or_404
 from app.services.models import get_model, model_path
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,7 @@ def list_indexes(session: Session) -> list[Index]:
 
 
 def get_index(session: Session, index_id: str) -> Index:
-    row = session.get(Index, index_id)
-    if row is None:
-        raise NotFoundError("index", index_id)
-    return row
+    return get_or_404(session, Index, index_id, "index")
 
 
 def resolve_index(session: Session, reference: str) -> Index:
@@ -84,10 +82,7 @@ def set_alias(session: Session, name: str, index_id: str) -> IndexAlias:
 
 
 def get_alias(session: Session, name: str) -> IndexAlias:
-    alias = session.get(IndexAlias, name)
-    if alias is None:
-        raise NotFoundError("alias", name)
-    return alias
+    return get_or_404(session, IndexAlias, name, "alias")
 
 
 def list_aliases(session: Session) -> list[IndexAlias]:

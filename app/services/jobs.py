@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,11 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from app.core.errors import ConflictError, InvalidRequestError
 from app.core.queue import RUN_JOB
 from app.db.tables import Job, MetricPoint, utcnow
 from app.services import dispatch
 from app.services.datasets import get_dataset
+from app.services.lookup import get_or_404
 from app.services.models import resolve_base_model
 from app.training.params import EmbedderParams, RerankerParams
 
@@ -91,10 +91,7 @@ def list_jobs(session: Session) -> list[Job]:
 
 
 def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFoundError("job", job_id)
-    return job
+    return get_or_404(session, Job, job_id, "job")
 
 
 def cancel_job(session: Session, job_id: str) -> Job:
@@ -112,7 +109,3 @@ def cancel_job(session: Session, job_id: str) -> Job:
 def job_metrics(session: Session, job_id: str) -> list[MetricPoint]:
     get_job(session, job_id)
     return list(session.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.id)))
-
-
-def duration(start: datetime | None, end: datetime | None) -> float | None:
-    return (end - start).total_seconds() if start and end else None

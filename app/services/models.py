@@ -9,9 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.errors import InvalidRequestError, NotFoundError
+from app.core.errors import InvalidRequestError
 from app.db.tables import Model
 from app.services import storage
+from app.services.lookup import get_or_404
 
 BUNDLED_MODEL_ID = "all-MiniLM-L6-v2"
 
@@ -43,10 +44,7 @@ def list_models(session: Session) -> list[Model]:
 
 
 def get_model(session: Session, model_id: str) -> Model:
-    row = session.get(Model, model_id)
-    if row is None:
-        raise NotFoundError("model", model_id)
-    return row
+    return get_or_404(session, Model, model_id, "model")
 
 
 def model_path(settings: Settings, row: Model) -> str:

@@ -37,7 +37,6 @@ class RunState:
     base_metrics: dict[str, float] = field(default_factory=dict)
     best_value: float | None = None
     best_step: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, work_dir: Path) -> None:
         tmp = work_dir / f"{STATE_FILE}.tmp"

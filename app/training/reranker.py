@@ -12,7 +12,6 @@ improve on it is marked as not better than base.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from app.training.params import RerankerParams
 
 # Collapse watch: logits whose per-query spread is below this carry no ranking.
 COLLAPSE_STD = 1e-2
-RERANKER_MARKER = "retune_reranker.json"
 
 
 def train_reranker(
@@ -64,11 +62,7 @@ def train_reranker(
     model = load_reranker(base_path, device, params.max_length)
     best_dir = work_dir / "best"
 
-    def save_best() -> None:
-        model.save(str(best_dir))
-        (best_dir / RERANKER_MARKER).write_text(json.dumps({"trained_by": "retune", "loss": params.loss}))
-
-    best = BestModel(params.select_metric, save=save_best)
+    best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))
     # The first stage is the bar: the reranker must beat retrieval without it.
     best.base_value = first.metrics[params.select_metric]
 
