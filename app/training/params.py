@@ -68,8 +68,10 @@ class EmbedderParams(TrainingParams):
 class RerankerParams(TrainingParams):
     learning_rate: float = Field(1e-4, gt=0, le=1e-2)
     batch_size: int = Field(8, ge=1, le=1024, description="Queries per batch (each with its group).")
-    loss: Literal["listwise", "bce"] = Field(
-        "listwise", description="listwise: softmax cross-entropy against softmax(grade * label_scale)."
+    loss: Literal["listwise", "group_softmax", "bce"] = Field(
+        "listwise",
+        description="listwise: softmax cross-entropy against softmax(grade * label_scale); "
+        "group_softmax: FlagEmbedding's 1 positive among group_size (every grade > 0 a positive); bce: pointwise.",
     )
     label_scale: float = Field(2.0, gt=0, le=50)
     group_size: int = Field(8, ge=2, le=128, description="Passages per query: its judged ones + mined negatives.")

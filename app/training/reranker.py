@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
@@ -24,8 +25,20 @@ from app.training.data import PreparedData, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver
 from app.training.params import RerankerParams
 
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import CrossEncoder
+
 # Collapse watch: logits whose per-query spread is below this carry no ranking.
 COLLAPSE_STD = 1e-2
+# ...and a reranker that halves the first stage's metric has wrecked the search.
+COLLAPSE_METRIC_RATIO = 0.5
+
+
+def is_collapsed(score_std: float, metric: float, first_stage_metric: float) -> bool:
+    """The collapse watch's rule: no spread left in the scores, or far below the first stage."""
+    return score_std < COLLAPSE_STD or metric < COLLAPSE_METRIC_RATIO * first_stage_metric
 
 
 def train_reranker(
@@ -38,8 +51,7 @@ def train_reranker(
     candidate_path: str,
     candidate_config: EmbedderConfig,
 ) -> TrainingOutcome:
-    from datasets import Dataset
-    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments, losses
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
     rng = random.Random(params.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -75,9 +87,8 @@ def train_reranker(
             observer.on_metric(step, epoch, name, value, data.eval_label)
         observer.on_metric(step, epoch, "score_std", result.score_std, data.eval_label)
         observer.on_metric(step, epoch, "positive_share", result.positive_share, data.eval_label)
-        collapsed = step > 0 and (
-            result.score_std < COLLAPSE_STD
-            or result.metrics[params.select_metric] < 0.5 * first.metrics[params.select_metric]
+        collapsed = step > 0 and is_collapsed(
+            result.score_std, result.metrics[params.select_metric], first.metrics[params.select_metric]
         )
         observer.on_metric(step, epoch, "collapsed", float(collapsed), data.eval_label)
         if collapsed:
@@ -91,37 +102,7 @@ def train_reranker(
 
     evaluate(0, 0.0)
 
-    queries, groups, labels = [], [], []
-    for qid, judged in data.train_qrels.items():
-        query = candidate_config.format_query(data.train_queries[qid])
-        positives = sorted(judged.items(), key=lambda kv: -kv[1])
-        docs = [d for d, _ in positives][: params.group_size - 1]
-        grades = [float(max(g, 0)) for _, g in positives][: len(docs)]
-        negatives = [d for d in mined.get(qid, []) if d not in judged][: params.group_size - len(docs)]
-        if not negatives:
-            negatives = [d for d in rng.sample(list(data.corpus), min(len(data.corpus), 8)) if d not in judged][:1]
-        docs += negatives
-        grades += [0.0] * len(negatives)
-        queries.append(query)
-        groups.append([passage_text(data.corpus[d]) for d in docs])
-        labels.append(grades)
-
-    if params.loss == "listwise":
-        train_dataset = Dataset.from_dict(
-            {"query": queries, "docs": groups, "labels": [[g * params.label_scale for g in ls] for ls in labels]}
-        )
-        loss = losses.ListNetLoss(model)
-    else:
-        pairs = [
-            (q, d, float(g > 0))
-            for q, ds, ls in zip(queries, groups, labels, strict=True)
-            for d, g in zip(ds, ls, strict=True)
-        ]
-        train_dataset = Dataset.from_dict(
-            {"query": [p[0] for p in pairs], "doc": [p[1] for p in pairs], "label": [p[2] for p in pairs]}
-        )
-        loss = losses.BinaryCrossEntropyLoss(model)
-
+    train_dataset, loss = _training_set(data, params, mined, candidate_config, model, rng)
     args = CrossEncoderTrainingArguments(
         **trainer_arguments(params, work_dir / "trainer", device, len(train_dataset)), save_strategy="no"
     )
@@ -142,3 +123,56 @@ def train_reranker(
         best_step=best.best_step,
         metric=params.select_metric,
     )
+
+
+def _training_set(
+    data: PreparedData,
+    params: RerankerParams,
+    mined: dict[str, list[str]],
+    candidate_config: EmbedderConfig,
+    model: CrossEncoder,
+    rng: random.Random,
+) -> tuple[Dataset, torch.nn.Module]:
+    """The loss and its rows. A group is one query's judged passages (best grades first) + mined negatives."""
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import losses
+
+    queries, groups, labels = [], [], []
+    for qid, judged in data.train_qrels.items():
+        query = candidate_config.format_query(data.train_queries[qid])
+        negatives = [d for d in mined.get(qid, []) if d not in judged]
+        if not negatives:
+            negatives = [d for d in rng.sample(list(data.corpus), min(len(data.corpus), 8)) if d not in judged][:1]
+        by_grade = sorted(judged.items(), key=lambda kv: -kv[1])
+        if params.loss == "group_softmax":
+            # One group per positive: it must beat group_size - 1 negatives (judged grade-0 docs first).
+            pool = [d for d, g in by_grade if g <= 0] + negatives
+            for doc, grade in by_grade:
+                if grade > 0:
+                    queries.append(query)
+                    groups.append([passage_text(data.corpus[d]) for d in [doc, *pool[: params.group_size - 1]]])
+                    labels.append([1.0] + [0.0] * min(len(pool), params.group_size - 1))
+            continue
+        docs = [d for d, _ in by_grade][: params.group_size - 1]
+        grades = [float(max(g, 0)) for _, g in by_grade][: len(docs)]
+        docs += negatives[: params.group_size - len(docs)]
+        grades += [0.0] * (len(docs) - len(grades))
+        queries.append(query)
+        groups.append([passage_text(data.corpus[d]) for d in docs])
+        labels.append(grades)
+
+    if params.loss == "bce":
+        pairs = [
+            (q, d, float(g > 0))
+            for q, ds, ls in zip(queries, groups, labels, strict=True)
+            for d, g in zip(ds, ls, strict=True)
+        ]
+        rows = {"query": [p[0] for p in pairs], "doc": [p[1] for p in pairs], "label": [p[2] for p in pairs]}
+        return Dataset.from_dict(rows), losses.BinaryCrossEntropyLoss(model)
+    if params.loss == "group_softmax":
+        # ListNet against a one-hot target is exactly the group softmax (cross-entropy, positive first):
+        # softmax([0, -inf, ...]) = [1, 0, ...].
+        targets = [[0.0 if g > 0 else float("-inf") for g in ls] for ls in labels]
+    else:
+        targets = [[g * params.label_scale for g in ls] for ls in labels]
+    return Dataset.from_dict({"query": queries, "docs": groups, "labels": targets}), losses.ListNetLoss(model)

