@@ -20,6 +20,7 @@ from app.core.config import get_settings
 from app.core.errors import RetuneError
 from app.db.session import session_scope
 from app.ingest import DatasetFormatError, DatasetTooLargeError
+from app.retrieval.device import configure_threads
 from app.services import api_keys
 from app.services.models import ensure_bundled_models
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     settings.ensure_dirs()
+    configure_threads(settings.torch_threads)
     with session_scope() as session:
         ensure_bundled_models(session)
         if settings.bootstrap_key:

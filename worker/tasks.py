@@ -1,6 +1,6 @@
 """Thin task wrappers: the work itself lives in app.services (runner) and app.training (engine)."""
 
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 
 from app.core.queue import BUILD_INDEX, RECOVER, RUN_JOB
 from worker.celery_app import celery_app
@@ -33,3 +33,11 @@ def recover_at_start(**_: object) -> None:
     from app.services.job_runner import recover_lost_jobs as recover
 
     recover()
+
+
+@worker_process_init.connect
+def set_threads(**_: object) -> None:
+    from app.core.config import get_settings
+    from app.retrieval.device import configure_threads
+
+    configure_threads(get_settings().torch_threads)

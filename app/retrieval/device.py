@@ -9,3 +9,11 @@ def resolve_device(preferred: str | None = None) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def configure_threads(threads: int | None) -> None:
+    """Cap torch's intra-op CPU threads (several worker processes on one machine should share the cores)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

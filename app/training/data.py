@@ -52,6 +52,8 @@ class PreparedData:
     eval_label: str
     # Negatives that came with the dataset (FlagEmbedding JSONL), by training query id.
     dataset_negatives: dict[str, list[str]] = field(default_factory=dict)
+    # The teacher's scores that came with the dataset (pos_scores / neg_scores): query id -> doc id -> score.
+    teacher_scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def grades(self) -> list[int]:
@@ -72,18 +74,27 @@ def prepare(
         query_to_id = {text: qid for qid, text in rs.queries.items()}
         positives = rs.qrels.get("train", {})
         negatives: dict[str, list[str]] = {}
+        teacher: dict[str, dict[str, float]] = {}
         for ex in examples:
             qid = query_to_id[ex.query]
             bucket = negatives.setdefault(qid, [])
-            for text in ex.neg:
+            scored = teacher.setdefault(qid, {})
+            for text, score in zip(ex.pos, ex.pos_scores or [None] * len(ex.pos), strict=True):
+                if score is not None:
+                    scored.setdefault(text_to_doc[text], score)  # a pair scored on two lines: the first wins
+            for text, score in zip(ex.neg, ex.neg_scores or [None] * len(ex.neg), strict=True):
                 doc = text_to_doc[text]
                 # A text that is a positive of the same query (on any line) is never its negative.
-                if doc not in bucket and doc not in positives.get(qid, {}):
+                if doc in positives.get(qid, {}):
+                    continue
+                if doc not in bucket:
                     bucket.append(doc)
+                if score is not None:
+                    scored.setdefault(doc, score)
         train_split = "train"
     else:
         rs = read_retrieval_set(dataset_dir)
-        negatives = {}
+        negatives, teacher = {}, {}
 
     if train_split not in rs.qrels:
         raise ValueError(f"the dataset has no qrels split '{train_split}' (it has: {', '.join(sorted(rs.qrels))})")
@@ -122,6 +133,7 @@ def prepare(
         eval_qrels={q: dict(d) for q, d in eval_qrels.items()},
         eval_label=spec.label,
         dataset_negatives={q: n for q, n in negatives.items() if q in train_qrels and n},
+        teacher_scores={q: t for q, t in teacher.items() if q in train_qrels and t},
     )
 
 

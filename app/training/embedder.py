@@ -4,13 +4,18 @@ Loss: MultipleNegativesRankingLoss (InfoNCE over in-batch negatives plus each qu
 negatives, scale = 1/temperature), or its GradCache twin CachedMultipleNegativesRankingLoss when a
 large batch must fit in little memory. Batches never hold the same text twice (a duplicate would
 be a false in-batch negative).
+
+Knowledge distillation: when the dataset carries the teacher's pos_scores / neg_scores for every
+row's positive and negatives, the rows get a ``label`` column with those scores and the loss adds a
+KL term to the teacher's softmax over each row's group (app/training/losses/in_batch_distill.py);
+the in-batch negatives stay.
 """
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -66,6 +71,9 @@ def train_embedder(
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer import losses
 
+    from app.training.losses.cached_in_batch_distill import CachedInBatchDistillLoss
+    from app.training.losses.in_batch_distill import InBatchDistillLoss
+
     rng = random.Random(params.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     model = load_embedder(base_path, device, params.passage_max_len)
@@ -108,12 +116,22 @@ def train_embedder(
         base = evaluate(0, 0.0)
         base_metrics = base.metrics
         RunState(base_metrics=base_metrics).save(work_dir)
-        rows = _build_rows(model, config, data, params, base.corpus_vectors, base.doc_ids, rng)
+        rows, teacher = _build_rows(model, config, data, params, base.corpus_vectors, base.doc_ids, rng)
+        distill, why = _distillation_choice(teacher, data, params)
+        if distill:
+            rows["label"] = teacher  # [teacher(positive), teacher(negative_1), ...], the columns' order
         save_rows(work_dir, rows)
+        observer.on_message(why)
     train_dataset = Dataset.from_dict(rows)
 
     scale = 1.0 / params.temperature
-    if params.cached_loss:
+    if "label" in rows:  # also on resume: the saved rows say whether the first attempt distilled
+        kd = {"distillation_weight": params.distillation_weight, "teacher_temperature": params.teacher_temperature}
+        if params.cached_loss:
+            loss = CachedInBatchDistillLoss(model, scale=scale, mini_batch_size=params.mini_batch_size, **kd)
+        else:
+            loss = InBatchDistillLoss(model, scale=scale, **kd)
+    elif params.cached_loss:
         loss = losses.CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=params.mini_batch_size)
     else:
         loss = losses.MultipleNegativesRankingLoss(model, scale=scale)
@@ -154,8 +172,12 @@ def _build_rows(
     corpus_vectors: np.ndarray,
     doc_ids: list[str],
     rng: random.Random,
-) -> dict[str, list[str]]:
-    """(anchor, positive, negative_1..N-1) rows; negatives from the dataset or mined from the base model."""
+) -> tuple[dict[str, list[Any]], list[list[float] | None]]:
+    """(anchor, positive, negative_1..N-1) rows; negatives from the dataset or mined from the base model.
+
+    Also returns, per row, the teacher's scores of [positive, negative_1, ...] from the dataset, or
+    None when one of them has no score (mined and random negatives never have one).
+    """
     mined: dict[str, list[str]] = {}
     needs_mining = params.train_group_size > 1 and (
         params.hard_negatives == "mine"
@@ -170,7 +192,8 @@ def _build_rows(
             tuple(params.negative_rank_range), params.train_group_size - 1, params.seed,
         )  # fmt: skip
 
-    rows: dict[str, list[str]] = {"anchor": [], "positive": []}
+    rows: dict[str, list[Any]] = {"anchor": [], "positive": []}
+    teacher: list[list[float] | None] = []
     for i in range(params.train_group_size - 1):
         rows[f"negative_{i + 1}"] = []
     for qid, judged in data.train_qrels.items():
@@ -185,6 +208,34 @@ def _build_rows(
             rows["positive"].append(config.format_passage(data.corpus[doc_id]))
             for i, neg in enumerate(negatives):
                 rows[f"negative_{i + 1}"].append(config.format_passage(data.corpus[neg]))
+            scored = data.teacher_scores.get(qid, {})
+            group = [doc_id, *negatives]
+            teacher.append([scored[d] for d in group] if all(d in scored for d in group) else None)
     if not rows["anchor"]:
         raise ValueError("no training pair could be built from the dataset")
-    return rows
+    return rows, teacher
+
+
+def _distillation_choice(
+    teacher: list[list[float] | None], data: PreparedData, params: EmbedderParams
+) -> tuple[bool, str]:
+    """Distil when allowed and every row has the teacher's scores; say which loss is used and why."""
+    contrastive = "CachedMultipleNegativesRankingLoss" if params.cached_loss else "MultipleNegativesRankingLoss"
+    off = f"knowledge distillation: off, loss {contrastive}"
+    if params.knowledge_distillation == "off":
+        return False, f"{off} (knowledge_distillation is 'off')"
+    if not data.teacher_scores:
+        return False, f"{off} (the training data has no pos_scores / neg_scores)"
+    if params.train_group_size < 2:
+        return False, f"{off} (train_group_size 1: a group of one passage has nothing to distil)"
+    missing = sum(1 for t in teacher if t is None)
+    if missing:
+        return False, (
+            f"{off} ({missing} of {len(teacher)} training rows lack a teacher score for their positive or a "
+            "negative: their negatives were mined or drawn at random; see hard_negatives and train_group_size)"
+        )
+    return True, (
+        f"knowledge distillation: on, loss {contrastive} (in-batch + hard negatives) + "
+        f"{params.distillation_weight:g} x KL to the teacher's softmax over each group of "
+        f"{params.train_group_size} (teacher_temperature {params.teacher_temperature:g})"
+    )

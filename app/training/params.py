@@ -50,6 +50,21 @@ class EmbedderParams(TrainingParams):
     normalize: bool = True
     cached_loss: bool = Field(False, description="GradCache (CachedMultipleNegativesRankingLoss).")
     mini_batch_size: int = Field(32, ge=1, le=4096)
+    knowledge_distillation: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: add a KL term to the teacher's pos_scores/neg_scores when every training row has a "
+        "teacher score for its positive and each of its negatives (the negatives come from the dataset); "
+        "off: contrastive loss only.",
+    )
+    distillation_weight: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="Weight of the KL term; 1.0 adds it to the contrastive loss (FlagEmbedding kl_div).",
+    )
+    teacher_temperature: float = Field(
+        1.0, ge=0.001, le=1000, description="The teacher's scores are divided by this before their softmax."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EmbedderParams:

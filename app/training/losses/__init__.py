@@ -1,0 +1,1 @@
+"""Retune's own training losses: compositions of sentence-transformers losses, one per file."""
