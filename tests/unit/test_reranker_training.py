@@ -107,4 +107,3 @@ def test_constant_reranker_is_caught_by_the_watch(model):
     assert result.score_std == pytest.approx(0.0, abs=1e-6)
     assert result.positive_share == 0.0  # every score negative, as in the reported collapse
     assert is_collapsed(result.score_std, result.metrics["ndcg@10"], first_stage_metric=0.7)
-
