@@ -72,10 +72,15 @@ class EvalSpecIn(BaseModel):
 class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    kind: Literal["embedder", "reranker"]
+    kind: Literal["embedder", "reranker", "mine_negatives"] = Field(
+        description="mine_negatives: no training; writes a new training dataset with hard negatives "
+        "mined by base_model (see output_dataset_id)."
+    )
     dataset_id: str
-    base_model: str | None = Field(None, description="Model id, local directory or Hugging Face id.")
-    eval: EvalSpecIn = Field(default_factory=EvalSpecIn)
+    base_model: str | None = Field(
+        None, description="Model id, local directory or Hugging Face id (mine_negatives: the embedder that ranks)."
+    )
+    eval: EvalSpecIn = Field(default_factory=EvalSpecIn, description="Not allowed for mine_negatives.")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -88,6 +93,7 @@ class JobOut(Orm):
     params: dict[str, Any]
     eval: dict[str, Any]
     model_id: str | None
+    output_dataset_id: str | None = Field(None, description="The training dataset a mine_negatives job wrote.")
     better_than_base: bool | None = None
     step: int
     total_steps: int | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -21,10 +21,12 @@ from app.db.tables import Dataset, Index, Job, new_id
 from app.ingest import (
     DatasetTooLargeError,
     ParseLimits,
+    TrainingExample,
     extract_archive,
     find_beir_root,
     parse_beir_dir,
     parse_training_jsonl,
+    read_training_examples,
     training_examples_to_retrieval_set,
     write_retrieval_set,
     write_training_examples,
@@ -108,6 +110,29 @@ def create_dataset(session: Session, settings: Settings, source: BinaryIO, filen
         storage.remove(final)
         raise
     return row
+
+
+def store_training_examples(
+    settings: Settings, examples: list[TrainingExample], source: str
+) -> tuple[str, dict[str, Any]]:
+    """Publish the files of a training_jsonl dataset the service made itself (mined negatives).
+
+    Staged, read back through the same parser as an upload (so what is published is what jobs will
+    read, and the stats are an upload's), then moved into place. Returns (dataset id, stats); the
+    caller writes the row, and removes ``storage.dataset_rel(id)`` if it cannot.
+    """
+    staging = storage.staging_dir(settings)
+    try:
+        out = staging / "dataset"
+        write_training_examples(examples, out)
+        stored = read_training_examples(out)
+        stats = training_examples_to_retrieval_set(stored).stats() | {"examples": len(stored)}
+        (out / "dataset.json").write_text(json.dumps({"format": "training_jsonl", "source": source}))
+        dataset_id = new_id()
+        shutil.move(str(out), storage.absolute(settings, storage.dataset_rel(dataset_id)))
+    finally:
+        storage.remove(staging)
+    return dataset_id, stats
 
 
 def list_datasets(session: Session) -> list[Dataset]:

@@ -12,6 +12,7 @@ import threading
 import time
 import traceback
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import and_, delete, func, or_, select, update
 
@@ -20,14 +21,16 @@ from app.db.session import session_scope
 from app.db.tables import Dataset, Job, MetricPoint, Model, new_id, utcnow
 from app.ingest import DatasetFormatError
 from app.retrieval.device import resolve_device
-from app.retrieval.embedder import EmbedderConfig
+from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.services import storage
+from app.services.datasets import store_training_examples
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
 from app.training.common import TrainingOutcome
-from app.training.data import EvalSpec, prepare
+from app.training.data import EvalSpec, prepare, read_training_split
 from app.training.embedder import train_embedder
+from app.training.mining import mine_hard_negatives
 from app.training.observer import TrainingCancelled
-from app.training.params import EmbedderParams, RerankerParams
+from app.training.params import EmbedderParams, MiningParams, RerankerParams
 from app.training.reranker import train_reranker
 
 log = logging.getLogger(__name__)
@@ -211,12 +214,18 @@ def _run_claimed(job: Job, settings: Settings) -> None:
             if dataset is None:
                 raise ValueError(f"dataset '{job.dataset_id}' no longer exists")
             dataset_dir = storage.absolute(settings, dataset.path)
-            dataset_format = dataset.format
-            base_path, _ = resolve_base_model(s, settings, job.base_model)
+            dataset_format, dataset_name = dataset.format, dataset.name
+            base_path, base_row = resolve_base_model(s, settings, job.base_model)
+            base_config = EmbedderConfig.from_dict(base_row.config if base_row else None)
             candidate_ref = job.params.get("candidate_model") or BUNDLED_MODEL_ID
             candidate_path, candidate_row = resolve_base_model(s, settings, candidate_ref)
             candidate_config = EmbedderConfig.from_dict(candidate_row.config if candidate_row else None)
 
+        if job.kind == "mine_negatives":
+            _mine_into_dataset(
+                job, settings, observer, dataset_dir, dataset_format, dataset_name, base_path, base_config
+            )
+            return
         spec = EvalSpec(**job.eval)
         data = prepare(
             dataset_dir,
@@ -278,3 +287,51 @@ def _run_claimed(job: Job, settings: Settings) -> None:
         _finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{tail}")
     finally:
         storage.remove(work_dir)
+
+
+def _mine_into_dataset(
+    job: Job,
+    settings: Settings,
+    observer: SqlObserver,
+    dataset_dir: Path,
+    dataset_format: str,
+    dataset_name: str,
+    base_path: str,
+    base_config: EmbedderConfig,
+) -> None:
+    """A ``mine_negatives`` job: a new training_jsonl dataset, registered in the same transaction that
+    marks the job succeeded, so a job that failed or died never leaves a visible half-result.
+
+    No checkpoint: a resumed job mines again from the start (it is one encoding of the corpus).
+    """
+    params = MiningParams(**job.params)
+    data = read_training_split(dataset_dir, dataset_format, params.train_split)
+    device = resolve_device(settings.device)
+    observer.on_message(
+        f"attempt {job.attempts}: mining negatives for {len(data.train_queries)} queries "
+        f"among {len(data.corpus)} documents with {job.base_model}, device {device}"
+    )
+    model = load_embedder(base_path, device, params.passage_max_len or base_config.max_seq_length)
+    outcome = mine_hard_negatives(data, model, base_config, params, observer)
+    del model
+    source = f"job {job.id}: dataset {job.dataset_id}, negatives mined with {job.base_model}"
+    dataset_id, stats = store_training_examples(settings, outcome.examples, source)
+    try:
+        with session_scope() as s:
+            s.add(
+                Dataset(
+                    id=dataset_id,
+                    name=f"{dataset_name} + mined negatives ({job.base_model})"[:200],
+                    format="training_jsonl",
+                    path=storage.dataset_rel(dataset_id),
+                    stats=stats,
+                )
+            )
+            row = s.get(Job, job.id)
+            if row is not None:
+                row.status, row.finished_at, row.output_dataset_id = "succeeded", utcnow(), dataset_id
+                note = f"new training dataset {dataset_id}"
+                row.message = f"{row.message}\n{note}" if row.message else note
+    except BaseException:
+        storage.remove(storage.absolute(settings, storage.dataset_rel(dataset_id)))
+        raise

@@ -16,9 +16,9 @@ from app.services import dispatch
 from app.services.datasets import get_dataset
 from app.services.lookup import get_or_404
 from app.services.models import resolve_base_model
-from app.training.params import EmbedderParams, RerankerParams
+from app.training.params import EmbedderParams, MiningParams, RerankerParams
 
-PARAMS_BY_KIND = {"embedder": EmbedderParams, "reranker": RerankerParams}
+PARAMS_BY_KIND = {"embedder": EmbedderParams, "reranker": RerankerParams, "mine_negatives": MiningParams}
 FINAL_STATUSES = {"succeeded", "failed", "cancelled"}
 
 
@@ -59,13 +59,21 @@ def create_job(
 ) -> Job:
     dataset = get_dataset(session, dataset_id)
     clean_params = validate_params(kind, params)
-    clean_eval = validate_eval(dataset.format, dataset.stats, eval_spec)
+    if kind == "mine_negatives":
+        if eval_spec:
+            raise InvalidRequestError(
+                "eval: a mine_negatives job evaluates nothing; leave 'eval' out "
+                "(the jobs that train on the new dataset evaluate)"
+            )
+        clean_eval: dict[str, Any] = {}
+    else:
+        clean_eval = validate_eval(dataset.format, dataset.stats, eval_spec)
     train_split = clean_params["train_split"]
     if dataset.format == "beir" and train_split not in (dataset.stats.get("qrels") or {}):
         raise InvalidRequestError(f"params.train_split '{train_split}': the dataset has no such split")
     base = base_model or settings.default_base_model
     _, base_row = resolve_base_model(session, settings, base)
-    if kind == "embedder" and base_row is not None and base_row.kind != "embedder":
+    if kind in ("embedder", "mine_negatives") and base_row is not None and base_row.kind != "embedder":
         raise InvalidRequestError(f"base_model '{base}' is a {base_row.kind}, not an embedder")
     if kind == "reranker" and clean_params.get("candidate_model"):
         _, candidate = resolve_base_model(session, settings, clean_params["candidate_model"])

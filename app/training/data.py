@@ -7,7 +7,7 @@ training query whose text equals a held-out query's text is dropped too (BEIR se
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 from app.evaluation.splits import holdout_split
 from app.ingest import (
     Document,
+    RetrievalSet,
     read_retrieval_set,
     read_training_examples,
     training_examples_to_retrieval_set,
@@ -60,13 +61,10 @@ class PreparedData:
         return sorted({g for docs in self.train_qrels.values() for g in docs.values()})
 
 
-def prepare(
-    dataset_dir: Path,
-    dataset_format: str,
-    spec: EvalSpec,
-    train_split: str = "train",
-    max_train_queries: int | None = None,
-) -> PreparedData:
+def _read(
+    dataset_dir: Path, dataset_format: str, train_split: str
+) -> tuple[RetrievalSet, dict[str, list[str]], dict[str, dict[str, float]], str]:
+    """The stored set, the file's own negatives and teacher scores by query, and the split to train on."""
     if dataset_format == "training_jsonl":
         examples = read_training_examples(dataset_dir)
         rs = training_examples_to_retrieval_set(examples)
@@ -95,9 +93,19 @@ def prepare(
     else:
         rs = read_retrieval_set(dataset_dir)
         negatives, teacher = {}, {}
-
     if train_split not in rs.qrels:
         raise ValueError(f"the dataset has no qrels split '{train_split}' (it has: {', '.join(sorted(rs.qrels))})")
+    return rs, negatives, teacher, train_split
+
+
+def prepare(
+    dataset_dir: Path,
+    dataset_format: str,
+    spec: EvalSpec,
+    train_split: str = "train",
+    max_train_queries: int | None = None,
+) -> PreparedData:
+    rs, negatives, teacher, train_split = _read(dataset_dir, dataset_format, train_split)
     candidates = rs.qrels[train_split]
 
     if spec.split:
@@ -137,6 +145,28 @@ def prepare(
     )
 
 
+def read_training_split(dataset_dir: Path, dataset_format: str, train_split: str = "train") -> PreparedData:
+    """Every query of the training split that has a relevant document, and the whole corpus; nothing held out.
+
+    For operations that train nothing and evaluate nothing (negative mining), so :func:`prepare`'s
+    hold-out would only lose queries. The eval fields are empty.
+    """
+    rs, negatives, teacher, train_split = _read(dataset_dir, dataset_format, train_split)
+    train_qrels = {q: dict(d) for q, d in rs.qrels[train_split].items() if any(g > 0 for g in d.values())}
+    if not train_qrels:
+        raise ValueError(f"no query of split '{train_split}' has a relevant document")
+    return PreparedData(
+        corpus=rs.corpus,
+        train_queries={q: rs.queries[q] for q in train_qrels},
+        train_qrels=train_qrels,
+        eval_queries={},
+        eval_qrels={},
+        eval_label="none",
+        dataset_negatives={q: n for q, n in negatives.items() if q in train_qrels and n},
+        teacher_scores={q: t for q, t in teacher.items() if q in train_qrels and t},
+    )
+
+
 def mine_negatives(
     query_vectors: np.ndarray,
     query_ids: list[str],
@@ -153,14 +183,38 @@ def mine_negatives(
     trainer already holds the corpus vectors from the step-0 evaluation: reusing them saves a full
     corpus encoding (minutes on a CPU).
     """
+    scored = mine_scored_negatives(
+        query_vectors, query_ids, corpus_vectors, doc_ids, judged, rank_range, per_query, seed
+    )
+    return {qid: [doc for doc, _ in pairs] for qid, pairs in scored.items()}
+
+
+def mine_scored_negatives(
+    query_vectors: np.ndarray,
+    query_ids: list[str],
+    corpus_vectors: np.ndarray,
+    doc_ids: list[str],
+    judged: Mapping[str, Collection[str]],
+    rank_range: tuple[int, int],
+    per_query: int,
+    seed: int,
+    max_score: Mapping[str, float] | None = None,
+) -> dict[str, list[tuple[str, float]]]:
+    """:func:`mine_negatives` with each negative's score (inner product), and an optional ceiling per query.
+
+    ``judged`` holds, per query, the documents never to return. A candidate scoring above
+    ``max_score[qid]`` is left out before sampling (a likely false negative). Without a ceiling the
+    picks are exactly :func:`mine_negatives`' for the same seed.
+    """
     from app.retrieval.vector_index import VectorIndex
 
     lo, hi = rank_range
     hits = VectorIndex.build(corpus_vectors, doc_ids).search(query_vectors, hi)
     rng = random.Random(seed)
-    mined: dict[str, list[str]] = {}
+    mined: dict[str, list[tuple[str, float]]] = {}
     for qid, ranking in zip(query_ids, hits, strict=True):
-        pool = [d for d, _ in ranking[lo:hi] if d not in judged.get(qid, {})]
+        ceiling = max_score.get(qid) if max_score is not None else None
+        pool = [(d, s) for d, s in ranking[lo:hi] if d not in judged.get(qid, {}) and (ceiling is None or s <= ceiling)]
         mined[qid] = rng.sample(pool, min(per_query, len(pool)))
     return mined
 

@@ -95,3 +95,39 @@ class RerankerParams(TrainingParams):
     )
     recall_k: int = Field(100, ge=1, le=1000, description="First-stage candidates reranked at evaluation.")
     max_length: int = Field(256, ge=16, le=8192)
+
+
+class MiningParams(BaseModel):
+    """A ``mine_negatives`` job: rank the corpus with ``base_model``, keep negatives from a rank window.
+
+    Not a TrainingParams: nothing is trained, so there are no optimiser, evaluation or checkpoint fields.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    negative_rank_range: list[int] = Field(
+        default_factory=lambda: [10, 100],
+        min_length=2,
+        max_length=2,
+        description="Negatives are drawn from the model's ranks [lo, hi) (0 = the best-scoring document).",
+    )
+    negatives_per_query: int = Field(7, ge=1, le=64, description="Drawn at random (by seed) from that window.")
+    false_negative_margin: float | None = Field(
+        0.05,
+        ge=0,
+        le=2,
+        description="Drop a candidate scoring above (the query's lowest positive score - margin) as a likely "
+        "false negative; null keeps them.",
+    )
+    passage_max_len: int | None = Field(
+        None, ge=16, le=8192, description="Tokens per text; default: the model's own (as search uses it)."
+    )
+    train_split: str = Field("train", description="BEIR qrels split whose queries are mined.")
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _check(self) -> MiningParams:
+        lo, hi = self.negative_rank_range
+        if not 0 <= lo < hi <= 10_000:
+            raise ValueError("negative_rank_range must be (lo, hi) with 0 <= lo < hi <= 10000")
+        return self

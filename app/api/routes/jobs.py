@@ -19,7 +19,14 @@ def _out(db: Session, job: Job) -> JobOut:
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, dependencies=[WriteAccess])
 def create_job(body: JobIn, db: DbSession, settings: SettingsDep) -> JobOut:
     job = jobs.create_job(
-        db, settings, body.kind, body.dataset_id, body.base_model, body.eval.model_dump(exclude_none=True), body.params
+        db,
+        settings,
+        body.kind,
+        body.dataset_id,
+        body.base_model,
+        # Only what the client sent: a mine_negatives job refuses any eval field, even the default seed.
+        body.eval.model_dump(exclude_none=True, exclude_unset=True),
+        body.params,
     )
     return _out(db, job)
 
