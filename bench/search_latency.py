@@ -306,7 +306,8 @@ def main() -> None:
         args.name,
         {
             "setup": f"SciFact full corpus ({len(corpus):,} docs), {len(timed_ids)} of {len(test_ids)} test queries "
-            f"(every {max(1, len(test_ids) // args.queries)}th), recall_k {args.recall_k}, all reranked, top_k {args.top_k}; "
+            f"(every {max(1, len(test_ids) // args.queries)}th), recall_k {args.recall_k}, all reranked, "
+            f"top_k {args.top_k}; "
             "embedder: bundled all-MiniLM-L6-v2; reranker: a MiniLM cross-encoder from a Retune reranker job "
             f"(params {args.reranker_params}); service in embedded mode, one API process, sequential requests",
             "latency": latency,
