@@ -10,7 +10,7 @@ from app.training.params import EmbedderParams, RerankerParams
 
 def test_embedder_defaults():
     p = EmbedderParams()
-    assert p.temperature == 0.02
+    assert p.temperature == 0.05
     assert p.batch_size == 32
     assert p.train_group_size == 2
     assert p.hard_negatives == "auto"
