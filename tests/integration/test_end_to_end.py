@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, job_finished
 
 TINY_EMBEDDER = {"epochs": 1, "batch_size": 8, "passage_max_len": 128, "logging_steps": 1}
 TINY_RERANKER = {"epochs": 1, "batch_size": 4, "group_size": 4, "max_length": 128, "recall_k": 10, "logging_steps": 1}
 HEADLINE = {"ndcg@10", "recall@100", "mrr@10"}
-
-
-def _finished(job: dict) -> bool:
-    return job["status"] in {"succeeded", "failed", "cancelled"}
 
 
 def _watch_job(service: Service, job_id: str, timeout: float = 400) -> tuple[dict, list[tuple[str, int]]]:
@@ -25,7 +21,7 @@ def _watch_job(service: Service, job_id: str, timeout: float = 400) -> tuple[dic
     def done(job: dict) -> bool:
         points = service.client.get(f"/jobs/{job_id}/metrics").json()["points"]
         seen.append((job["status"], len(points)))
-        return _finished(job)
+        return job_finished(job)
 
     job = service.wait_for(f"/jobs/{job_id}", done, timeout=timeout)
     return job, seen
@@ -136,7 +132,7 @@ def test_cancel_running_and_queued_jobs(service: Service, scifact_zip: bytes) ->
     service.wait_for(f"/jobs/{running['id']}", lambda j: j["status"] == "running" and j["step"] >= 1)
     cancelled = client.post(f"/jobs/{running['id']}/cancel")
     assert cancelled.status_code == 200
-    job = service.wait_for(f"/jobs/{running['id']}", _finished, timeout=120)
+    job = service.wait_for(f"/jobs/{running['id']}", job_finished, timeout=120)
     assert job["status"] == "cancelled", job
     assert "cancelled at step" in job["message"]
     assert job["step"] < 500 and job["model_id"] is None

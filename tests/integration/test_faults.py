@@ -17,6 +17,7 @@ import pytest
 from tests.integration.conftest import (
     Service,
     drop_pg_database,
+    job_finished,
     postgres_redis_env,
     start_service,
     start_worker,
@@ -44,10 +45,6 @@ def _job(service: Service, dataset_id: str, **params: object) -> dict:
     )
     assert response.status_code == 202, response.text
     return response.json()
-
-
-def _finished(job: dict) -> bool:
-    return job["status"] in {"succeeded", "failed", "cancelled"}
 
 
 @pytest.mark.integration
@@ -88,7 +85,7 @@ def test_api_restart_while_job_runs(tmp_path: Path, pg_env: dict[str, str], scif
         proc, service = start_service(
             "postgres", tmp_path, pg_env | {"RETUNE_PORT": service.url.rsplit(":", 1)[1]}, api_only=True
         )  # ... and comes back
-        final = service.wait_for(f"/jobs/{job['id']}", _finished, timeout=300)
+        final = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=300)
         assert final["status"] == "succeeded", final
         assert final["attempts"] == 1, "the job was never interrupted"
         points = service.client.get(f"/jobs/{job['id']}/metrics").json()["points"]
@@ -129,11 +126,11 @@ def test_two_jobs_and_searching_without_cross_talk(tmp_path: Path, pg_env: dict[
             assert client.get(f"/jobs/{waiting_job['id']}").json()["status"] == "queued"  # both slots are taken
 
             client.post(f"/jobs/{long_job['id']}/cancel")  # frees its slot for the waiting job
-            long_final = service.wait_for(f"/jobs/{long_job['id']}", _finished, timeout=120)
+            long_final = service.wait_for(f"/jobs/{long_job['id']}", job_finished, timeout=120)
             assert long_final["status"] == "cancelled" and long_final["model_id"] is None
-            waiting = service.wait_for(f"/jobs/{waiting_job['id']}", _finished, timeout=300)
+            waiting = service.wait_for(f"/jobs/{waiting_job['id']}", job_finished, timeout=300)
             assert waiting["status"] == "succeeded", waiting
-            service.wait_for(f"/jobs/{short_job['id']}", _finished, timeout=300)
+            service.wait_for(f"/jobs/{short_job['id']}", job_finished, timeout=300)
         finally:
             stop.set()
             searcher.join(timeout=60)
@@ -195,7 +192,7 @@ def test_redis_restart_with_idle_worker_and_with_a_queued_job(
 
         _restart_redis()  # the worker is idle: it must reconnect by itself
         job = _job(service, dataset["id"], max_steps=2)
-        assert service.wait_for(f"/jobs/{job['id']}", _finished, timeout=300)["status"] == "succeeded"
+        assert service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=300)["status"] == "succeeded"
 
         os.killpg(worker.pid, signal.SIGKILL)  # no worker: the next job stays queued in Redis ...
         queued = _job(service, dataset["id"], max_steps=2)
@@ -208,7 +205,7 @@ def test_redis_restart_with_idle_worker_and_with_a_queued_job(
         assert service.client.get(f"/jobs/{queued['id']}").json()["status"] == "queued"
 
         worker = start_worker(tmp_path, env)  # Retune sends it again from SQL
-        final = service.wait_for(f"/jobs/{queued['id']}", _finished, timeout=300)
+        final = service.wait_for(f"/jobs/{queued['id']}", job_finished, timeout=300)
         assert final["status"] == "succeeded", final
         assert final["attempts"] == 1
     finally:

@@ -8,17 +8,13 @@ import json
 
 import pytest
 
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, job_finished
 
 # Short texts keep both jobs to seconds on a CPU (SciFact abstracts are long). No false-negative margin
 # here (the unit tests cover it): with it, a query whose positive the model scores near 0 keeps no
 # negative, and a row without teacher scores would turn distillation off for the training job.
 MINE = {"negative_rank_range": [5, 60], "negatives_per_query": 2, "false_negative_margin": None, "passage_max_len": 128}
 TINY_EMBEDDER = {"max_steps": 2, "batch_size": 4, "passage_max_len": 64, "logging_steps": 1}
-
-
-def _finished(job: dict) -> bool:
-    return job["status"] in {"succeeded", "failed", "cancelled"}
 
 
 @pytest.mark.integration
@@ -41,7 +37,7 @@ def test_mine_negatives_job_writes_a_training_dataset_that_trains(service: Servi
     created = client.post("/jobs", json={"kind": "mine_negatives", "dataset_id": source["id"], "params": MINE})
     assert created.status_code == 202, created.text
     assert created.json()["eval"] == {} and created.json()["output_dataset_id"] is None
-    job = service.wait_for(f"/jobs/{created.json()['id']}", _finished, timeout=180)
+    job = service.wait_for(f"/jobs/{created.json()['id']}", job_finished, timeout=180)
     assert job["status"] == "succeeded", (job, service.log_tail())
     assert job["model_id"] is None and job["base_model"] == "all-MiniLM-L6-v2"
     assert job["total_steps"] and job["step"] == job["total_steps"]
@@ -73,7 +69,7 @@ def test_mine_negatives_job_writes_a_training_dataset_that_trains(service: Servi
         },
     )
     assert trained.status_code == 202, trained.text
-    trained = service.wait_for(f"/jobs/{trained.json()['id']}", _finished, timeout=240)
+    trained = service.wait_for(f"/jobs/{trained.json()['id']}", job_finished, timeout=240)
     assert trained["status"] == "succeeded", (trained, service.log_tail())
     assert trained["step"] == 2 and trained["model_id"]
     # The mined scores are teacher scores for every row: the default ("auto") distils from them.
