@@ -36,7 +36,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
+def write_results(name: str, payload: dict[str, Any], echo: bool = True) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {
@@ -45,8 +45,9 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
         "machine": machine(),
     } | payload
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=2))
-    print(f"written to {path}")
+    if echo:
+        print(json.dumps(payload, indent=2))
+        print(f"written to {path}")
     return path
 
 

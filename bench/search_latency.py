@@ -12,13 +12,15 @@ One run, same machine, same models, same queries:
    write it: encode the query, search an IndexFlatIP (read from the file the service built, so the
    corpus is not encoded twice: corpus encoding is not part of a query's latency), predict the top
    ``recall_k`` (query, passage) pairs, sigmoid, sort, top 10.
-3. The same queries through `/search` (recall_k, rerank all of them, top_k 10), fp32 and int8.
-4. Quality: nDCG@10 of each path on the timed queries; the int8 embedder's nDCG@10 cost on all 300
-   test queries (first stage only, cheap); then 8 concurrent clients for ``--seconds`` each, with and
-   without the reranker: requests/s, p95, errors.
+3. The same queries through `/search` (recall_k, rerank all of them, top_k 10), fp32 and int8. The
+   three paths are interleaved query by query (rotating order), so drift hits them alike.
+4. Quality: nDCG@10 of each path on the timed queries, and how far int8's reranked top-k strays from
+   fp32's; the int8 embedder's nDCG@10 cost on all 300 test queries (first stage only, cheap); then 8
+   concurrent clients for ``--seconds`` each, with and without the reranker: requests/s, p95, errors.
 
-On a 2-core CPU, reranking 100 pairs of ~256 tokens costs seconds, so by default ``--queries 30``
-timed queries (of SciFact's 300) rather than all 300; the figures say how many were used.
+On a 2-core CPU, reranking 100 pairs of ~256 tokens costs ~9 s a query on one core, so by default
+``--queries 30`` timed queries (of SciFact's 300); ``--queries 300`` takes ~2 h 10 min on one core.
+Every 25 queries the figures so far go to ``<name>_partial.json``.
 """
 
 from __future__ import annotations
@@ -84,6 +86,31 @@ def _wait(client: httpx.Client, path: str, done: set[str], timeout: float = 3600
 def _percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.array(seconds) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
+
+
+def _latency_summary(
+    seconds: dict[str, list[float]],
+    runs: dict[str, dict[str, list[tuple[str, float]]]],
+    qrels: dict[str, dict[str, int]],
+) -> dict[str, dict[str, float]]:
+    summary = {}
+    for name, secs in seconds.items():
+        run = {qid: dict(hits) for qid, hits in runs[name].items()}
+        summary[name] = _percentiles(secs) | {
+            "mean_ms": round(statistics.mean(secs) * 1000, 1),
+            "ndcg@10": round(evaluate_run({q: qrels[q] for q in run}, run)["ndcg@10"], 4),
+        }
+    return summary
+
+
+def _agreement(fp32: dict[str, list[tuple[str, float]]], int8: dict[str, list[tuple[str, float]]]) -> dict[str, float]:
+    """How far the int8 path's reranked top-k strays from fp32's, whatever the reranker's quality."""
+    overlap, max_diff = [], 0.0
+    for qid, hits in fp32.items():
+        a, b = dict(hits), dict(int8[qid])
+        overlap.append(len(a.keys() & b.keys()) / max(1, len(a)))
+        max_diff = max([max_diff] + [abs(a[d] - b[d]) for d in a.keys() & b.keys()])
+    return {"mean_top_k_overlap": round(statistics.mean(overlap), 4), "max_normalised_score_change": round(max_diff, 4)}
 
 
 class BareTwoStage:
@@ -219,16 +246,6 @@ def main() -> None:
             search_body = {"index_id": index_id, "recall_k": args.recall_k, "top_k": args.top_k}
             rerank_body = search_body | {"reranker_id": reranker_id, "return_text": True}
 
-            def timed(fn) -> tuple[list[float], dict[str, dict[str, float]]]:
-                fn(queries[timed_ids[0]])  # warm-up: models loaded, caches filled
-                seconds, run = [], {}
-                for qid in timed_ids:
-                    started = time.perf_counter()
-                    hits = fn(queries[qid])
-                    seconds.append(time.perf_counter() - started)
-                    run[qid] = {d: s for d, s in hits}
-                return seconds, run
-
             def via_http(extra: dict[str, Any]):
                 def call(query: str) -> list[tuple[str, float]]:
                     response = client.post("/search", json=rerank_body | extra | {"query": query})
@@ -237,24 +254,29 @@ def main() -> None:
 
                 return call
 
-            timed_qrels = {q: test_qrels[q] for q in timed_ids}
             paths = {
                 "bare_script": lambda q: bare.search(q, args.recall_k, args.top_k),
                 "service_http": via_http({}),
                 "service_http_int8": via_http({"int8": True}),
             }
-            latency: dict[str, Any] = {}
-            for name, fn in paths.items():
-                print(f"timing {name} on {len(timed_ids)} queries ...", flush=True)
-                seconds, run = timed(fn)
-                latency[name] = _percentiles(seconds) | {
-                    "mean_ms": round(statistics.mean(seconds) * 1000, 1),
-                    "ndcg@10": round(evaluate_run(timed_qrels, run)["ndcg@10"], 4),
-                }
-            # Interleaved second pass of the two fp32 paths: drift of the machine shows as a changed ratio.
-            seconds_bare, _ = timed(paths["bare_script"])
-            seconds_http, _ = timed(paths["service_http"])
-            second_pass_ratio = statistics.median(seconds_http) / statistics.median(seconds_bare)
+            for fn in paths.values():
+                fn(queries[timed_ids[0]])  # warm-up: models loaded, caches filled
+            seconds: dict[str, list[float]] = {name: [] for name in paths}
+            runs: dict[str, dict[str, list[tuple[str, float]]]] = {name: {} for name in paths}
+            names = list(paths)
+            print(f"timing {len(names)} paths, interleaved, on {len(timed_ids)} queries ...", flush=True)
+            for n, qid in enumerate(timed_ids, 1):
+                # Each query goes through every path back to back, the order rotating, so drift of the
+                # machine (or anything else running) falls on all paths alike.
+                for name in names[n % len(names) :] + names[: n % len(names)]:
+                    started = time.perf_counter()
+                    runs[name][qid] = paths[name](queries[qid])
+                    seconds[name].append(time.perf_counter() - started)
+                if n % 25 == 0 or n == len(timed_ids):
+                    latency = _latency_summary(seconds, runs, test_qrels)
+                    print(f"{n} queries: {json.dumps(latency)}", flush=True)
+                    if n < len(timed_ids):
+                        write_results(f"{args.name}_partial", {"queries_done": n, "latency": latency}, echo=False)
 
             print("first stage only, all 300 test queries, fp32 vs int8 ...", flush=True)
             first_stage = {}
@@ -292,10 +314,10 @@ def main() -> None:
             "ratio_service_over_bare_p95": round(
                 latency["service_http"]["p95_ms"] / latency["bare_script"]["p95_ms"], 3
             ),
-            "ratio_service_over_bare_median_second_pass": round(second_pass_ratio, 3),
             "ratio_int8_over_fp32_p50": round(
                 latency["service_http_int8"]["p50_ms"] / latency["service_http"]["p50_ms"], 3
             ),
+            "int8_vs_fp32_reranked": _agreement(runs["service_http"], runs["service_http_int8"]),
             "first_stage_all_test_queries": {"queries": len(test_ids)}
             | first_stage
             | {"int8_ndcg@10_change": round(first_stage["int8"]["ndcg@10"] - first_stage["fp32"]["ndcg@10"], 4)},
