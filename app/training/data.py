@@ -10,6 +10,7 @@ import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -176,15 +177,19 @@ def mine_negatives(
     rank_range: tuple[int, int],
     per_query: int,
     seed: int,
+    sampling: Literal["random", "top"] = "random",
 ) -> dict[str, list[str]]:
     """Hard negatives from a model's ranks ``[lo, hi)``, never a judged document.
+
+    ``sampling``: ``random`` draws ``per_query`` of the window by seed; ``top`` takes the best-ranked
+    ones in it (sentence-transformers' ``mine_hard_negatives`` default).
 
     Written here rather than calling ``sentence_transformers.util.mine_hard_negatives`` because the
     trainer already holds the corpus vectors from the step-0 evaluation: reusing them saves a full
     corpus encoding (minutes on a CPU).
     """
     scored = mine_scored_negatives(
-        query_vectors, query_ids, corpus_vectors, doc_ids, judged, rank_range, per_query, seed
+        query_vectors, query_ids, corpus_vectors, doc_ids, judged, rank_range, per_query, seed, sampling=sampling
     )
     return {qid: [doc for doc, _ in pairs] for qid, pairs in scored.items()}
 
@@ -199,6 +204,7 @@ def mine_scored_negatives(
     per_query: int,
     seed: int,
     max_score: Mapping[str, float] | None = None,
+    sampling: Literal["random", "top"] = "random",
 ) -> dict[str, list[tuple[str, float]]]:
     """:func:`mine_negatives` with each negative's score (inner product), and an optional ceiling per query.
 
@@ -215,7 +221,7 @@ def mine_scored_negatives(
     for qid, ranking in zip(query_ids, hits, strict=True):
         ceiling = max_score.get(qid) if max_score is not None else None
         pool = [(d, s) for d, s in ranking[lo:hi] if d not in judged.get(qid, {}) and (ceiling is None or s <= ceiling)]
-        mined[qid] = rng.sample(pool, min(per_query, len(pool)))
+        mined[qid] = pool[:per_query] if sampling == "top" else rng.sample(pool, min(per_query, len(pool)))
     return mined
 
 

@@ -189,7 +189,7 @@ def _build_rows(
         query_vectors = encode_queries(model, config, [data.train_queries[q] for q in train_ids])
         mined = mine_negatives(
             query_vectors, train_ids, corpus_vectors, doc_ids, data.train_qrels,
-            tuple(params.negative_rank_range), params.train_group_size - 1, params.seed,
+            tuple(params.negative_rank_range), params.train_group_size - 1, params.seed, params.negative_sampling,
         )  # fmt: skip
 
     rows: dict[str, list[Any]] = {"anchor": [], "positive": []}

@@ -99,6 +99,7 @@ def mine_hard_negatives(
     mined = mine_scored_negatives(
         query_vectors, query_ids, corpus_vectors, doc_ids, excluded, (lo, hi),
         params.negatives_per_query, params.seed, ceiling,  # empty without a margin: no ceiling
+        params.negative_sampling,
     )  # fmt: skip
 
     examples: list[TrainingExample] = []

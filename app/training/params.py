@@ -46,6 +46,9 @@ class EmbedderParams(TrainingParams):
     negative_rank_range: list[int] = Field(
         default_factory=lambda: [10, 50], min_length=2, max_length=2, description="Mined negatives: ranks [lo, hi)."
     )
+    negative_sampling: Literal["random", "top"] = Field(
+        "random", description="Mined negatives: drawn at random from the rank window, or its best-ranked ones."
+    )
     passage_max_len: int = Field(256, ge=16, le=8192)
     query_instruction: str = Field("", max_length=1000)
     query_instruction_format: str = Field("{}{}", max_length=100)
@@ -114,7 +117,10 @@ class MiningParams(BaseModel):
         max_length=2,
         description="Negatives are drawn from the model's ranks [lo, hi) (0 = the best-scoring document).",
     )
-    negatives_per_query: int = Field(7, ge=1, le=64, description="Drawn at random (by seed) from that window.")
+    negatives_per_query: int = Field(7, ge=1, le=64, description="Taken from that window per `negative_sampling`.")
+    negative_sampling: Literal["random", "top"] = Field(
+        "random", description="random: drawn by seed from the window; top: its best-ranked candidates."
+    )
     false_negative_margin: float | None = Field(
         0.05,
         ge=0,

@@ -153,6 +153,17 @@ def test_negatives_come_from_the_rank_window_with_the_models_scores(model, ranki
     assert outcome.passages == len(ranking) - 1 and "mined 4 negatives for 1 queries" in observer.messages[-1]
 
 
+def test_top_sampling_takes_the_best_ranked_of_the_window(model, ranking):
+    lo, hi = 5, 12
+    params = MiningParams(
+        negative_rank_range=[lo, hi], negatives_per_query=3, false_negative_margin=None, negative_sampling="top"
+    )
+    [example] = mine_hard_negatives(prepared(), model, CONFIG, params, Recorder()).examples
+    window = [d for d, _ in [r for r in ranking if r[0] != "pos-copy"][lo:hi]]
+    ids = text_to_id()
+    assert [ids[text] for text in example.neg] == window[:3]
+
+
 def test_the_positive_and_copies_of_it_are_never_negatives(model):
     # Window from rank 0 and room for every candidate: only judged documents can be missing.
     params = MiningParams(negative_rank_range=[0, 50], negatives_per_query=64, false_negative_margin=None)
