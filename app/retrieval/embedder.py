@@ -26,6 +26,7 @@ class EmbedderConfig:
     passage_instruction: str = ""
     normalize: bool = True
     max_seq_length: int | None = None
+    query_max_seq_length: int | None = None  # None: the model's own (its saved query_length, else max_seq_length)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +62,14 @@ def load_embedder(path: str, device: str, max_seq_length: int | None = None) -> 
     return model
 
 
-def encode_texts(model: SentenceTransformer, texts: list[str], normalize: bool, batch_size: int = 64) -> np.ndarray:
+def encode_texts(
+    model: SentenceTransformer,
+    texts: list[str],
+    normalize: bool,
+    batch_size: int = 64,
+    task: str | None = None,
+) -> np.ndarray:
+    """``task`` ("query" | "document") picks a Router model's branch and the per-task length, as in training."""
     if not texts:
         return np.zeros((0, model.get_embedding_dimension() or 0), dtype=np.float32)
     vectors = model.encode(
@@ -70,12 +78,22 @@ def encode_texts(model: SentenceTransformer, texts: list[str], normalize: bool, 
         convert_to_numpy=True,
         normalize_embeddings=normalize,
         show_progress_bar=False,
+        task=task,
     )
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 def encode_queries(model: SentenceTransformer, config: EmbedderConfig, queries: list[str]) -> np.ndarray:
-    return encode_texts(model, [config.format_query(q) for q in queries], config.normalize)
+    set_query_length(model, config.query_max_seq_length)
+    return encode_texts(model, [config.format_query(q) for q in queries], config.normalize, task="query")
+
+
+def set_query_length(model: SentenceTransformer, tokens: int | None) -> None:
+    """Cut queries at ``tokens`` (sentence-transformers' ``Transformer.query_length``, saved with the model
+    and applied to every ``task="query"`` input, so ``encode_query`` elsewhere cuts them the same way)."""
+    module = model[0]
+    if tokens is not None and hasattr(module, "query_length") and module.query_length != tokens:
+        module.query_length = tokens
 
 
 def encode_passages(
@@ -83,7 +101,8 @@ def encode_passages(
 ) -> np.ndarray:
     # Sorting by length keeps padding low inside each batch (a large speed-up on CPU).
     order = sorted(range(len(docs)), key=lambda i: len(docs[i].text) + len(docs[i].title))
-    encoded = encode_texts(model, [config.format_passage(docs[i]) for i in order], config.normalize, batch_size)
+    passages = [config.format_passage(docs[i]) for i in order]
+    encoded = encode_texts(model, passages, config.normalize, batch_size, task="document")
     out = np.empty_like(encoded)
     out[order] = encoded
     return out

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.evaluation.retrieval import evaluate_embedder
-from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder
+from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, set_query_length
 from app.training.callbacks import BestModel, ObserverCallback
 from app.training.checkpoints import (
     RunState,
@@ -83,7 +83,9 @@ def train_embedder(
         passage_instruction=params.passage_instruction,
         normalize=params.normalize,
         max_seq_length=params.passage_max_len,
+        query_max_seq_length=params.query_max_len,
     )
+    set_query_length(model, params.query_max_len)  # the step-0 evaluation cuts queries as training will
     if config.query_instruction or config.passage_instruction:
         # Saved with the model, so people who load it elsewhere (encode_query) get the same prefixes.
         # Retune itself applies them explicitly through EmbedderConfig, never through prompts.
@@ -142,6 +144,8 @@ def train_embedder(
         save_steps=params.checkpoint_steps,
         save_total_limit=1,
         batch_sampler=BatchSamplers.NO_DUPLICATES,
+        # Queries are tokenised as task "query" (query_max_len, a Router model's query branch), the rest as documents.
+        router_mapping={column: "query" if column == "anchor" else "document" for column in rows if column != "label"},
     )
     callback = ObserverCallback(observer, lambda s, e: evaluate(s, e), params.eval_steps)
     trainer = SentenceTransformerTrainer(

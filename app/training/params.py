@@ -50,6 +50,12 @@ class EmbedderParams(TrainingParams):
         "random", description="Mined negatives: drawn at random from the rank window, or its best-ranked ones."
     )
     passage_max_len: int = Field(256, ge=16, le=8192)
+    query_max_len: int | None = Field(
+        None,
+        ge=8,
+        le=8192,
+        description="Tokens per query, in training and in search (saved with the model); default: passage_max_len.",
+    )
     query_instruction: str = Field("", max_length=1000)
     query_instruction_format: str = Field("{}{}", max_length=100)
     passage_instruction: str = Field("", max_length=1000)
