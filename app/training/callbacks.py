@@ -21,6 +21,7 @@ class ObserverCallback(TrainerCallback):
         self.eval_steps = eval_steps
         self.last_evaluated_step = -1
         self.cancelled = False
+        self.stop_requested = False  # set by an evaluation that wants the run to end (e.g. a collapse)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kw):
         for name in ("loss", "learning_rate"):
@@ -36,6 +37,8 @@ class ObserverCallback(TrainerCallback):
         if self.eval_steps and state.global_step % self.eval_steps == 0 and state.global_step < state.max_steps:
             self.evaluate(state.global_step, float(state.epoch or 0.0))
             self.last_evaluated_step = state.global_step
+            if self.stop_requested:
+                control.should_training_stop = True
 
 
 class BestModel:

@@ -107,6 +107,9 @@ class RerankerParams(TrainingParams):
     )
     recall_k: int = Field(100, ge=1, le=1000, description="First-stage candidates reranked at evaluation.")
     max_length: int = Field(256, ge=16, le=8192)
+    stop_on_collapse: bool = Field(
+        False, description="End training at the first evaluation the collapse watch flags (it is flagged either way)."
+    )
 
 
 class MiningParams(BaseModel):

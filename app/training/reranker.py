@@ -104,7 +104,10 @@ def train_reranker(
                 f"collapse warning at step {step}: score spread {result.score_std:.4f}, "
                 f"{params.select_metric} {result.metrics[params.select_metric]:.4f} "
                 f"vs first stage {first_metrics[params.select_metric]:.4f}"
+                + ("; training stopped (stop_on_collapse)" if params.stop_on_collapse else "")
             )
+            if params.stop_on_collapse:
+                callback.stop_requested = True
         if step > 0:
             best.offer(step, result.metrics)
         RunState(base_metrics=first_metrics, best_value=best.best_value, best_step=best.best_step).save(work_dir)

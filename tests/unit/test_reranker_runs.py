@@ -1,5 +1,6 @@
-"""A reranker job stopped after a checkpoint resumes there: no second first-stage or step-0
-evaluation, the same rows, and the learning-rate schedule of an uninterrupted run."""
+"""Short real reranker runs: a job stopped after a checkpoint resumes there (no second first-stage or
+step-0 evaluation, the same rows, the learning-rate schedule of an uninterrupted run), and
+``stop_on_collapse`` ends a run at the first evaluation the collapse watch flags."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from app.ingest import TrainingExample, write_training_examples
 from app.retrieval.embedder import EmbedderConfig
+from app.training import reranker
 from app.training.checkpoints import load_rows
 from app.training.data import EvalSpec, prepare
 from app.training.observer import TrainingCancelled
@@ -69,8 +71,8 @@ def data(tmp_path_factory):
     return prepare(directory, "training_jsonl", EvalSpec(holdout_fraction=0.25, seed=0))
 
 
-def train(data, work_dir: Path, observer: Recorder) -> None:
-    train_reranker(BASE_PATH, data, PARAMS, work_dir, observer, "cpu", BASE_PATH, EmbedderConfig())
+def train(data, work_dir: Path, observer: Recorder, params: RerankerParams = PARAMS):
+    return train_reranker(BASE_PATH, data, params, work_dir, observer, "cpu", BASE_PATH, EmbedderConfig())
 
 
 def test_stopped_reranker_job_resumes_where_it_left(data, tmp_path: Path):
@@ -96,3 +98,19 @@ def test_stopped_reranker_job_resumes_where_it_left(data, tmp_path: Path):
         assert resumed.train("learning_rate")[step] == pytest.approx(rates[step])
     # And the job's outcome is measured: a final evaluation at step 4.
     assert any(step == 4 and name == "ndcg@10" for step, name, _, _ in resumed.metrics)
+
+
+@pytest.mark.parametrize("stop_on_collapse", [True, False])
+def test_a_flagged_collapse_stops_training_when_asked(data, tmp_path: Path, monkeypatch, stop_on_collapse: bool):
+    # Any spread counts as "no spread": every evaluation after step 0 is flagged.
+    monkeypatch.setattr(reranker, "COLLAPSE_STD", float("inf"))
+    params = PARAMS.model_copy(update={"eval_steps": 1, "stop_on_collapse": stop_on_collapse})
+    observer = Recorder()
+    outcome = train(data, tmp_path / "work", observer, params)
+
+    flags = {step: value for step, name, value, _ in observer.metrics if name == "collapsed"}
+    assert flags[0] == 0.0 and flags[1] == 1.0
+    warnings = [m for m in observer.messages if m.startswith("collapse warning at step 1")]
+    assert len(warnings) == 1 and warnings[0].endswith("training stopped (stop_on_collapse)") == stop_on_collapse
+    assert max(observer.train("loss")) == (1 if stop_on_collapse else PARAMS.max_steps)
+    assert outcome.best_step is not None
