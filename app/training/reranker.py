@@ -77,6 +77,8 @@ def train_reranker(
         resume_from, state = None, None
         first_metrics, first_run, mined = _first_stage(data, params, device, candidate_path, candidate_config)
         save_first_stage_run(work_dir, first_run)
+        rows = _training_rows(data, params, mined, candidate_config, rng)
+        save_rows(work_dir, rows)
         for name, value in first_metrics.items():
             observer.on_metric(0, 0.0, name, value, f"{data.eval_label}/first_stage")
 
@@ -117,8 +119,6 @@ def train_reranker(
         observer.on_resume(checkpoint_step(resume_from))
         observer.on_message(f"resumed from checkpoint at step {checkpoint_step(resume_from)}")
     else:
-        rows = _training_rows(data, params, mined, candidate_config, rng)
-        save_rows(work_dir, rows)
         evaluate(0, 0.0)
 
     from datasets import Dataset
