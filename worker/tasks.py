@@ -1,6 +1,6 @@
 """Thin task wrappers: the work itself lives in app.services (runner) and app.training (engine)."""
 
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import task_postrun, worker_process_init, worker_ready
 
 from app.core.queue import BUILD_INDEX, RECOVER, RUN_JOB
 from worker.celery_app import celery_app
@@ -41,3 +41,10 @@ def set_threads(**_: object) -> None:
     from app.retrieval.device import configure_threads
 
     configure_threads(get_settings().torch_threads)
+
+
+@task_postrun.connect
+def give_memory_back(**_: object) -> None:
+    from app.retrieval.device import release_freed_memory
+
+    release_freed_memory()

@@ -109,9 +109,22 @@ class RerankerParams(TrainingParams):
     )
     recall_k: int = Field(100, ge=1, le=1000, description="First-stage candidates reranked at evaluation.")
     max_length: int = Field(256, ge=16, le=8192)
+    mini_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Queries per forward/backward pass; the gradients of batch_size / mini_batch_size passes make one "
+        "optimiser step (the same step, a fraction of the activation memory). Default: 2 (1 for an odd batch_size).",
+    )
     stop_on_collapse: bool = Field(
         False, description="End training at the first evaluation the collapse watch flags (it is flagged either way)."
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> RerankerParams:
+        if self.mini_batch_size is not None and self.batch_size % self.mini_batch_size:
+            raise ValueError("batch_size must be a multiple of mini_batch_size")
+        return self
 
 
 class MiningParams(BaseModel):

