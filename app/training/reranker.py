@@ -37,7 +37,6 @@ from app.training.params import RerankerParams
 
 if TYPE_CHECKING:
     import torch
-    from datasets import Dataset
     from sentence_transformers import CrossEncoder
 
 # Collapse watch: logits whose per-query spread is below this carry no ranking.
@@ -114,7 +113,7 @@ def train_reranker(
             best.offer(step, result.metrics)
         RunState(base_metrics=first_metrics, best_value=best.best_value, best_step=best.best_step).save(work_dir)
 
-    if state is not None and resume_from is not None:
+    if state is not None and resume_from is not None:  # resuming (both were reset otherwise)
         best.best_value, best.best_step = state.best_value, state.best_step
         observer.on_resume(checkpoint_step(resume_from))
         observer.on_message(f"resumed from checkpoint at step {checkpoint_step(resume_from)}")
@@ -239,17 +238,3 @@ def _loss(params: RerankerParams, model: CrossEncoder) -> torch.nn.Module:
     if params.loss == "bce":
         return losses.BinaryCrossEntropyLoss(model)
     return losses.ListNetLoss(model)  # listwise and group_softmax differ only in their targets
-
-
-def _training_set(
-    data: PreparedData,
-    params: RerankerParams,
-    mined: dict[str, list[str]],
-    candidate_config: EmbedderConfig,
-    model: CrossEncoder,
-    rng: random.Random,
-) -> tuple[Dataset, torch.nn.Module]:
-    """The rows as a dataset, with their loss (what the trainer gets)."""
-    from datasets import Dataset
-
-    return Dataset.from_dict(_training_rows(data, params, mined, candidate_config, rng)), _loss(params, model)

