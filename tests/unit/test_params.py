@@ -20,7 +20,7 @@ def test_embedder_defaults():
     assert p.passage_instruction == ""
     assert p.normalize is True
     assert p.cached_loss is False
-    assert p.learning_rate == 3e-5
+    assert p.learning_rate == 5e-5  # the embedder's own default (measured; TrainingParams has 3e-5)
     assert p.epochs == 2.0
     assert p.max_steps is None
     assert p.eval_steps is None
