@@ -74,8 +74,8 @@ def evaluate_reranker(
     format_query=lambda q: q,
 ) -> RerankEvaluation:
     """Rerank each query's top ``rerank_k`` first-stage candidates; below them the first stage's order stays."""
-    was_training = model.model.training
-    model.model.eval()
+    was_training = model.training
+    model.eval()
     run: dict[str, dict[str, float]] = {}
     stds: list[float] = []
     positives = total = 0
@@ -94,7 +94,7 @@ def evaluate_reranker(
             positives += int((logits > 0).sum())
             total += len(logits)
     finally:
-        model.model.train(was_training)
+        model.train(was_training)
     return RerankEvaluation(
         metrics=evaluate_run(qrels, run),
         score_std=float(np.mean(stds)) if stds else 0.0,

