@@ -13,6 +13,7 @@ improve on it is marked as not better than base.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,16 @@ HEAD_PARAMETERS = r"\.(pooler|classifier)\."
 NEW_HEAD_LEARNING_RATE = 2e-3
 
 
+@dataclass
+class FirstStage:
+    """What the first-stage embedder gives a reranker job, from one corpus encoding."""
+
+    metrics: dict[str, float]  # on the held-out queries: the bar the reranker must beat
+    run: dict[str, dict[str, float]]  # held-out query -> its top recall_k candidates and scores
+    negatives: dict[str, list[str]]  # training query -> unjudged candidates for its group
+    scores: dict[str, dict[str, float]]  # training query -> passage -> first-stage score (the teacher)
+
+
 def is_collapsed(score_std: float, metric: float, first_stage_metric: float) -> bool:
     """The collapse watch's rule: no spread left in the scores, or far below the first stage."""
     return score_std < COLLAPSE_STD or metric < COLLAPSE_METRIC_RATIO * first_stage_metric
@@ -77,9 +88,10 @@ def train_reranker(
         first_metrics = state.base_metrics
     else:
         resume_from, state = None, None
-        first_metrics, first_run, mined, teacher = _first_stage(data, params, device, candidate_path, candidate_config)
+        first = _first_stage(data, params, device, candidate_path, candidate_config)
+        first_metrics, first_run = first.metrics, first.run
         save_first_stage_run(work_dir, first_run)
-        rows = _training_rows(data, params, mined, candidate_config, rng, teacher)
+        rows = _training_rows(data, params, first.negatives, candidate_config, rng, first.scores)
         save_rows(work_dir, rows)
         for name, value in first_metrics.items():
             observer.on_metric(0, 0.0, name, value, f"{data.eval_label}/first_stage")
@@ -187,7 +199,7 @@ def _first_stage(
     device: str,
     candidate_path: str,
     candidate_config: EmbedderConfig,
-) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, list[str]], dict[str, dict[str, float]]]:
+) -> FirstStage:
     """One corpus encoding gives the evaluation candidates (and their metrics), the training negatives
     and the first stage's scores of the training passages (the teacher, for ``first_stage_temperature``)."""
     embedder = load_embedder(candidate_path, device, candidate_config.max_seq_length)
@@ -207,7 +219,8 @@ def _first_stage(
         | {d: float(vector @ first.corpus_vectors[row_of[d]]) for d in data.train_qrels.get(qid, {}) if d in row_of}
         for qid, vector in zip(train_ids, query_vectors, strict=True)
     }
-    return first.metrics, first.run, {qid: [d for d, _ in pairs] for qid, pairs in mined.items()}, teacher
+    negatives = {qid: [d for d, _ in pairs] for qid, pairs in mined.items()}
+    return FirstStage(first.metrics, first.run, negatives, teacher)
 
 
 def _training_rows(
