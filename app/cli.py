@@ -15,10 +15,13 @@ from app.core.config import get_settings
 
 
 def worker_command(concurrency: int) -> list[str]:
+    """A Celery worker with ``concurrency`` processes (prefork), never threads: a training job holds
+    process-wide state (torch's RNG and thread count, accelerate's AcceleratorState) that two jobs
+    in one process would overwrite under each other."""
     settings = get_settings()
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", settings.queue, "--pool", "threads", "-c", str(concurrency),
+        "-Q", settings.queue, "--pool", "prefork", "-c", str(concurrency),
         "-B", "--schedule", str(settings.data_dir / f"celerybeat-{settings.queue}"),
         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip

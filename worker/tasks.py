@@ -36,10 +36,13 @@ def recover_at_start(**_: object) -> None:
 
 
 @worker_process_init.connect
-def set_threads(**_: object) -> None:
+def prepare_worker_process(**_: object) -> None:
+    """Each forked worker process: its own database connections and torch thread count."""
     from app.core.config import get_settings
+    from app.db.session import discard_inherited_connections
     from app.retrieval.device import configure_threads
 
+    discard_inherited_connections()
     configure_threads(get_settings().torch_threads)
 
 

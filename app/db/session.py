@@ -34,6 +34,16 @@ def get_engine() -> Engine:
     return make_engine(get_settings().resolved_database_url)
 
 
+def discard_inherited_connections() -> None:
+    """In a forked worker process: forget the parent's pooled connections without closing them.
+
+    Two processes on one connection corrupt each other's conversations with the database;
+    SQLAlchemy's recipe for fork is ``dispose(close=False)``, the child then opens its own.
+    """
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+
+
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)

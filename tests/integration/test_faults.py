@@ -137,7 +137,7 @@ def test_two_jobs_and_searching_without_cross_talk(tmp_path: Path, pg_env: dict[
         assert searches and set(searches) == {200}, searches
 
         short_final = client.get(f"/jobs/{short_job['id']}").json()
-        assert short_final["status"] == "succeeded"
+        assert short_final["status"] == "succeeded", (short_final, service.log_tail())
         for job in (short_final, waiting):
             points = client.get(f"/jobs/{job['id']}/metrics").json()["points"]
             losses = [p["step"] for p in points if p["name"] == "loss"]
