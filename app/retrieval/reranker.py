@@ -18,6 +18,10 @@ from app.core.errors import UntrainedHeadError
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
 
+# The sequence-classification head of BERT-like bodies, the pooler (dense + tanh over [CLS]) and the
+# classifier: matches their module names and their parameter names.
+HEAD_PATTERN = r"\.(pooler|classifier)(\.|$)"
+
 
 def untrained_head_weights(path: str) -> list[str]:
     """Names of the weights transformers had to initialise randomly when loading ``path`` with one logit."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
-from app.retrieval.reranker import load_reranker, untrained_head_weights
+from app.retrieval.reranker import HEAD_PATTERN, load_reranker, untrained_head_weights
 from app.training.callbacks import BestModel, ObserverCallback
 from app.training.checkpoints import (
     RunState,
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 COLLAPSE_STD = 1e-2
 # ...and a reranker that halves the first stage's metric has wrecked the search.
 COLLAPSE_METRIC_RATIO = 0.5
-# The sequence-classification head of BERT-like bodies: the pooler (dense + tanh over [CLS]) and the classifier.
-HEAD_PARAMETERS = r"\.(pooler|classifier)\."
 NEW_HEAD_LEARNING_RATE = 2e-3
 
 
@@ -144,7 +142,7 @@ def train_reranker(
         save_strategy="steps",
         save_steps=params.checkpoint_steps,
         save_total_limit=1,
-        learning_rate_mapping={HEAD_PARAMETERS: head_learning_rate(params, new_head)},
+        learning_rate_mapping={HEAD_PATTERN: head_learning_rate(params, new_head)},
     )
     callback = ObserverCallback(observer, evaluate, params.eval_steps)
     trainer = CrossEncoderTrainer(
