@@ -4,9 +4,9 @@
 
 The held-out Cranfield queries of ``bench.cranfield_reranker`` (80/20 by seed 42), the bundled
 bi-encoder's top ``recall_k`` as candidates, reranked by the same model in fp32 and in the
-service's dynamic int8 (``app.retrieval.quantization.maybe_int8``): every Linear layer, or all but
-the head's. The passes alternate ``--rounds`` times so that drift of the machine falls on all of
-them alike; metrics come from the first round.
+service's dynamic int8 (``app.retrieval.quantization.maybe_int8``): every Linear layer, all but
+the head's, or every layer with per-channel weight scales. The passes alternate ``--rounds``
+times so that drift of the machine falls on all of them alike; metrics come from the first round.
 
 A reranker that learned nothing is no test of quantisation (its near-equal scores reorder under
 any noise), so give this a trained model, e.g. the best model of a ``cranfield_reranker`` run.
@@ -53,6 +53,7 @@ def main() -> None:
         "fp32": fp32,
         "int8": maybe_int8(fp32, True),  # every Linear layer
         "int8_fp32_head": maybe_int8(fp32, True, keep_fp32=HEAD_PATTERN),  # the head (pooler + classifier) kept
+        "int8_per_channel": maybe_int8(fp32, True, per_channel=True),  # a weight scale per output row
     }
 
     metrics: dict[str, dict] = {}

@@ -59,3 +59,13 @@ def test_int8_keeps_the_named_layers_in_fp32_and_leaves_the_original_alone(cross
     np.testing.assert_array_equal(rerank_logits(cross_encoder, QUERY, PASSAGES), before)  # a copy was quantised
     close = rerank_logits(body_only, QUERY, PASSAGES)
     assert close.shape == before.shape and np.all(np.isfinite(close))
+
+
+def test_per_channel_int8_gives_each_output_row_its_own_scale(cross_encoder) -> None:
+    per_tensor = maybe_int8(cross_encoder, True)
+    per_channel = maybe_int8(cross_encoder, True, per_channel=True)
+    layer = "0.model.bert.encoder.layer.0.intermediate.dense"
+    assert dict(per_tensor.named_modules())[layer].weight().qscheme() == torch.per_tensor_affine
+    weight = dict(per_channel.named_modules())[layer].weight()
+    assert weight.qscheme() == torch.per_channel_affine
+    assert weight.q_per_channel_scales().shape == (1536,)  # MiniLM's feed-forward width
