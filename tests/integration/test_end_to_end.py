@@ -122,6 +122,18 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     assert thresholded and all(h["score"] >= cut for h in thresholded)
     assert len(thresholded) <= 3 + sum(h["score"] == cut for h in hits[3:])
 
+    # The int8 path reranks the same candidates with a quantised copy: scores stay normalised.
+    quantised = client.post("/search", json={**body, "int8": True})
+    assert quantised.status_code == 200, quantised.text
+    assert {h["doc_id"] for h in quantised.json()["results"]} <= set(recalled_ids(client, {**body, "int8": True}))
+    assert all(0.0 <= h["score"] <= 1.0 and h["rerank_score"] is not None for h in quantised.json()["results"])
+
+
+def recalled_ids(client, body: dict) -> list[str]:
+    """The first stage's candidates for a search body (no reranker, same recall_k)."""
+    plain = {k: v for k, v in body.items() if k != "reranker_id"} | {"top_k": body["recall_k"]}
+    return [h["doc_id"] for h in client.post("/search", json=plain).json()["results"]]
+
 
 @pytest.mark.integration
 def test_cancel_running_and_queued_jobs(service: Service, scifact_zip: bytes) -> None:
