@@ -9,8 +9,8 @@ from typing import Any
 def maybe_int8(model: Any, int8: bool, keep_fp32: str | None = None, per_channel: bool = False) -> Any:
     """Dynamic int8 quantisation of the Linear layers (weights int8, activations quantised on the fly).
 
-    ``keep_fp32``: a regular expression on module names whose Linear layers stay in fp32 (a
-    reranker's head: one 384 -> 1 layer quantised right at the output costs quality for no speed).
+    ``keep_fp32``: a regular expression on module names whose Linear layers stay in fp32, e.g. a
+    reranker's head (measured on a MiniLM reranker: no quality gain, the error is in the body).
     ``per_channel``: one weight scale per output row instead of one per matrix (finer, same speed).
     Returns a quantised copy; the model passed in is left as it was.
     """
