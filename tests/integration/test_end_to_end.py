@@ -5,6 +5,7 @@ A tiny but real fine-tune: 40 SciFact training queries, 20 official test queries
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.integration.conftest import Service, job_finished
@@ -129,7 +130,7 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     assert all(0.0 <= h["score"] <= 1.0 and h["rerank_score"] is not None for h in quantised.json()["results"])
 
 
-def recalled_ids(client, body: dict) -> list[str]:
+def recalled_ids(client: httpx.Client, body: dict) -> list[str]:
     """The first stage's candidates for a search body (no reranker, same recall_k)."""
     plain = {k: v for k, v in body.items() if k != "reranker_id"} | {"top_k": body["recall_k"]}
     return [h["doc_id"] for h in client.post("/search", json=plain).json()["results"]]
