@@ -133,6 +133,13 @@ class RerankerParams(TrainingParams):
         description="Learning rate of the classification head (pooler + classifier); default: 2e-3 for a new "
         "head, learning_rate for a trained one.",
     )
+    pseudo_queries: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Add up to this many pseudo-queries cut from the corpus (a sentence as the query, the rest of "
+        "its passage as the positive, negatives mined like the judged queries') to the training groups.",
+    )
     first_stage_weight: float = Field(
         0.5,
         ge=0,

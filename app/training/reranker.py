@@ -14,6 +14,7 @@ scores, fusion or not.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from app.training.common import TrainingOutcome, trainer_arguments
 from app.training.data import PreparedData, mine_scored_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver
 from app.training.params import RerankerParams
+from app.training.pseudo_queries import PseudoQuery, cut_pseudo_queries
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +59,7 @@ class FirstStage:
     run: dict[str, dict[str, float]]  # held-out query -> its top recall_k candidates and scores
     negatives: dict[str, list[str]]  # training query -> unjudged candidates for its group
     scores: dict[str, dict[str, float]]  # training query -> passage -> first-stage score (the teacher)
+    pseudo_queries: list[PseudoQuery]  # cut from the corpus (``pseudo_queries``); in negatives and scores too
 
 
 def is_collapsed(score_std: float, metric: float, first_stage_metric: float) -> bool:
@@ -91,7 +94,14 @@ def train_reranker(
         first = _first_stage(data, params, device, candidate_path, candidate_config)
         first_metrics, first_run = first.metrics, first.run
         save_first_stage_run(work_dir, first_run)
-        rows = _training_rows(data, params, first.negatives, candidate_config, rng, first.scores)
+        rows = _training_rows(
+            with_pseudo_queries(data, first.pseudo_queries),
+            params,
+            first.negatives,
+            candidate_config,
+            rng,
+            first.scores,
+        )
         save_rows(work_dir, rows)
         for name, value in first_metrics.items():
             observer.on_metric(0, 0.0, name, value, f"{data.eval_label}/first_stage")
@@ -228,8 +238,35 @@ def _first_stage(
         | {d: float(vector @ first.corpus_vectors[row_of[d]]) for d in data.train_qrels.get(qid, {}) if d in row_of}
         for qid, vector in zip(train_ids, query_vectors, strict=True)
     }
+    pseudo = cut_pseudo_queries(data.corpus, params.pseudo_queries, params.seed) if params.pseudo_queries else []
+    if pseudo:
+        pseudo_vectors = encode_queries(embedder, candidate_config, [p.query for p in pseudo])
+        mined |= mine_scored_negatives(
+            pseudo_vectors, [p.id for p in pseudo], first.corpus_vectors, first.doc_ids,
+            {p.id: {p.source_doc} for p in pseudo}, (0, max(params.group_size * 4, 30)), params.group_size,
+            params.seed,
+        )  # fmt: skip
+        # The positive (its passage less the query sentence) is scored as its whole passage.
+        for p, vector in zip(pseudo, pseudo_vectors, strict=True):
+            teacher[p.id] = dict(mined[p.id]) | {
+                p.positive.id: float(vector @ first.corpus_vectors[row_of[p.source_doc]])
+            }
     negatives = {qid: [d for d, _ in pairs] for qid, pairs in mined.items()}
-    return FirstStage(first.metrics, first.run, negatives, teacher)
+    return FirstStage(first.metrics, first.run, negatives, teacher, pseudo)
+
+
+def with_pseudo_queries(data: PreparedData, pseudo: list[PseudoQuery]) -> PreparedData:
+    """The training data plus the pseudo-queries as judged queries: each one's positive gets the top grade
+    of the data (it is as relevant as a passage can be to a sentence cut from it)."""
+    if not pseudo:
+        return data
+    top_grade = max(max(data.grades, default=1), 1)
+    return dataclasses.replace(
+        data,
+        corpus=data.corpus | {p.positive.id: p.positive for p in pseudo},
+        train_queries=data.train_queries | {p.id: p.query for p in pseudo},
+        train_qrels=data.train_qrels | {p.id: {p.positive.id: top_grade} for p in pseudo},
+    )
 
 
 def _training_rows(
