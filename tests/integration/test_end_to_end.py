@@ -6,8 +6,10 @@ A tiny but real fine-tune: 40 SciFact training queries, 20 official test queries
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
 
+from app.retrieval.fusion import min_max
 from tests.integration.conftest import Service, job_finished
 
 TINY_EMBEDDER = {"epochs": 1, "batch_size": 8, "passage_max_len": 128, "logging_steps": 1}
@@ -105,15 +107,26 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     rr_points = client.get(f"/jobs/{rr_job['id']}/metrics").json()["points"]
     assert {"score_std", "positive_share", "collapsed"} <= {p["name"] for p in rr_points}
     assert {p["name"] for p in rr_points if p["split"] == "test/first_stage"} >= HEADLINE
+    assert {p["name"] for p in rr_points if p["split"] == "test/fused"} >= HEADLINE  # the order search serves
     reranker_id = rr_job["model_id"]
     assert {m["id"]: m for m in client.get("/models").json()}[reranker_id]["kind"] == "reranker"
 
-    body = {"index_id": index["id"], "query": query, "top_k": 5, "recall_k": 20, "reranker_id": reranker_id}
+    # By default the reranker's own first-stage weight (0.5, from its job) fuses the two stages' scores.
+    whole = {"index_id": index["id"], "query": query, "top_k": 20, "recall_k": 20, "reranker_id": reranker_id}
+    fused_hits = client.post("/search", json=whole).json()["results"]
+    recall = np.array([h["recall_score"] for h in fused_hits])
+    logits = np.array([h["rerank_score"] for h in fused_hits])
+    expected = 0.5 * min_max(recall) + 0.5 * min_max(logits)
+    assert [h["fused_score"] for h in fused_hits] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert [h["fused_score"] for h in fused_hits] == sorted((h["fused_score"] for h in fused_hits), reverse=True)
+
+    # Weight 0: the reranker's order alone.
+    body = {**whole, "top_k": 5, "first_stage_weight": 0.0}
     reranked = client.post("/search", json=body)
     assert reranked.status_code == 200, reranked.text
     hits = reranked.json()["results"]
     assert len(hits) == 5
-    assert all(0.0 <= h["score"] <= 1.0 and h["rerank_score"] is not None for h in hits)
+    assert all(0.0 <= h["score"] <= 1.0 and h["rerank_score"] is not None and h["fused_score"] is None for h in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     # Deterministic: the same request gives the same scores.
     assert client.post("/search", json=body).json()["results"] == hits

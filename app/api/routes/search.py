@@ -14,7 +14,7 @@ def search(body: SearchIn, db: DbSession, settings: SettingsDep) -> SearchOut:
     queries = body.queries if body.queries is not None else [body.query or ""]
     outcome = search_service.search(
         db, settings, body.index_id, queries, body.top_k, body.recall_k,
-        body.reranker_id, body.threshold, body.return_text, body.force, body.int8,
+        body.reranker_id, body.threshold, body.return_text, body.force, body.int8, body.first_stage_weight,
     )  # fmt: skip
     lists = [[SearchHitOut(**asdict(h)) for h in hits] for hits in outcome.hits]
     return SearchOut(index_id=outcome.index_id, results=lists[0], batch=lists if body.queries is not None else None)
