@@ -76,7 +76,7 @@ def run(name: str, params: RerankerParams, data, work: Path, keep: Path | None =
         "reranked_final": observer.metrics_at(last, label),
         "evaluations": [
             {"step": s, **observer.metrics_at(s, label), "fused": observer.metrics_at(s, f"{label}/fused")}
-            for s in sorted({p["step"] for p in observer.points})
+            for s in sorted({p["step"] for p in observer.points if p["split"] == label})
         ],
         "steps": last,
         "best_step": outcome.best_step,
