@@ -8,7 +8,8 @@ retrievers require interpolation with BM25", ICTIR 2021).
 
 The two scores live on different scales (cosine vs logit), so each is min-max normalised over the
 query's reranked candidates first. The fused score therefore ranks within one query only; it is no
-threshold (a threshold stays on the reranker's sigmoid).
+threshold (a threshold stays on the reranker's sigmoid). Min-max also stretches a near-flat
+reranker's noise to the full 0..1 range: the collapse watch (score spread) is what flags such a model.
 """
 
 from __future__ import annotations
