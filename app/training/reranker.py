@@ -107,6 +107,9 @@ def train_reranker(
             observer.on_metric(0, 0.0, name, value, f"{data.eval_label}/first_stage")
 
     new_head = bool(untrained_head_weights(base_path))
+    from transformers import set_seed
+
+    set_seed(params.seed)  # a new head is drawn at load time, before the trainer seeds anything
     model = load_reranker(base_path, device, params.max_length)
     best_dir = work_dir / "best"
     best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))

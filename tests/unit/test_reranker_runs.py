@@ -62,6 +62,9 @@ def test_stopped_reranker_job_resumes_where_it_left(data, tmp_path: Path):
     resumed = RecordingObserver()
     train(data, tmp_path / "resumed", resumed)
 
+    # The same seed draws the same new head: two fresh runs score step 0 alike.
+    step0 = [{(n, sp): v for st, n, v, sp in o.metrics if st == 0} for o in (whole, stopped)]
+    assert step0[0][("score_std", data.eval_label)] > 0 and step0[0] == step0[1]
     assert resumed.messages[0] == "resumed from checkpoint at step 2"
     assert load_rows(tmp_path / "resumed") == rows
     # Neither the first stage nor the step-0 reranking is measured again.
