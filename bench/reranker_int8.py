@@ -61,11 +61,11 @@ def main() -> None:
             started = time.monotonic()
             result = evaluate_reranker(model, first.run, data.corpus, data.eval_queries, data.eval_qrels, args.recall_k)
             seconds[name].append(time.monotonic() - started)
-            fused = evaluate_run(
-                data.eval_qrels, fuse_runs(first.run, result.run, args.recall_k, args.first_stage_weight)
-            )
-            metrics.setdefault(name, result.metrics | {"score_std": result.score_std, "fused": fused})
-            runs.setdefault(name, result.run)
+            if name not in metrics:  # metrics come from the first round; later rounds only time
+                fused_run = fuse_runs(first.run, result.run, args.recall_k, args.first_stage_weight)
+                fused = evaluate_run(data.eval_qrels, fused_run)
+                metrics[name] = result.metrics | {"score_std": result.score_std, "fused": fused}
+                runs[name] = result.run
             print(f"{name}: {seconds[name][-1]:.1f} s, ndcg@10 {result.metrics['ndcg@10']:.4f}", flush=True)
 
     # How far int8 moves each normalised (sigmoid) score, and how much the top 10s still agree.

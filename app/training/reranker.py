@@ -230,9 +230,10 @@ def _first_stage(
     )
     train_ids = list(data.train_queries)
     query_vectors = encode_queries(embedder, candidate_config, [data.train_queries[q] for q in train_ids])
+    candidate_ranks = (0, max(params.group_size * 4, 30))  # where a group's unjudged passages are drawn from
     mined = mine_scored_negatives(
         query_vectors, train_ids, first.corpus_vectors, first.doc_ids, data.train_qrels,
-        (0, max(params.group_size * 4, 30)), params.group_size, params.seed,
+        candidate_ranks, params.group_size, params.seed,
     )  # fmt: skip
     # The first stage's score of every passage a training group can hold: mined and judged.
     row_of = {doc: row for row, doc in enumerate(first.doc_ids)}
@@ -246,8 +247,7 @@ def _first_stage(
         pseudo_vectors = encode_queries(embedder, candidate_config, [p.query for p in pseudo])
         mined |= mine_scored_negatives(
             pseudo_vectors, [p.id for p in pseudo], first.corpus_vectors, first.doc_ids,
-            {p.id: {p.source_doc} for p in pseudo}, (0, max(params.group_size * 4, 30)), params.group_size,
-            params.seed,
+            {p.id: {p.source_doc} for p in pseudo}, candidate_ranks, params.group_size, params.seed,
         )  # fmt: skip
         # The positive (its passage less the query sentence) is scored as its whole passage.
         for p, vector in zip(pseudo, pseudo_vectors, strict=True):
