@@ -25,8 +25,8 @@ def _top(ranking: Mapping[str, float], k: int) -> dict[str, float]:
     return {doc: float(score) for doc, score in ordered[:k]}
 
 
-def evaluate_run(qrels: Qrels, run: Run) -> dict[str, float]:
-    """Mean metrics over every query in ``qrels`` that has at least one relevant document."""
+def per_query_metrics(qrels: Qrels, run: Run) -> dict[str, dict[str, float]]:
+    """The headline metrics of every query in ``qrels`` that has a relevant document (0 where the run is empty)."""
     judged = {q: {d: int(g) for d, g in docs.items()} for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
     if not judged:
         raise ValueError("no query in the qrels has a relevant document")
@@ -39,9 +39,32 @@ def evaluate_run(qrels: Qrels, run: Run) -> dict[str, float]:
     per_query_cut = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(
         {q: d for q, d in cut_run.items() if d}
     )
-    n = len(judged)
     return {
-        "ndcg@10": sum(m["ndcg_cut_10"] for m in per_query_full.values()) / n,
-        "recall@100": sum(m["recall_100"] for m in per_query_full.values()) / n,
-        "mrr@10": sum(m["recip_rank"] for m in per_query_cut.values()) / n,
+        q: {
+            "ndcg@10": per_query_full.get(q, {}).get("ndcg_cut_10", 0.0),
+            "recall@100": per_query_full.get(q, {}).get("recall_100", 0.0),
+            "mrr@10": per_query_cut.get(q, {}).get("recip_rank", 0.0),
+        }
+        for q in judged
     }
+
+
+def evaluate_run(qrels: Qrels, run: Run) -> dict[str, float]:
+    """Mean metrics over every query in ``qrels`` that has at least one relevant document."""
+    per_query = per_query_metrics(qrels, run)
+    return {name: sum(m[name] for m in per_query.values()) / len(per_query) for name in HEADLINE_METRICS}
+
+
+def paired_change(
+    before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]], metric: str = "ndcg@10"
+) -> dict[str, float]:
+    """Mean per-query change of ``metric`` from ``before`` to ``after`` and its standard error.
+
+    Two systems scored on the same queries differ less from each other than from query to query: the
+    paired standard error says whether a change is larger than the noise of that query set.
+    """
+    deltas = [after[q][metric] - before[q][metric] for q in before]
+    n = len(deltas)
+    mean = sum(deltas) / n
+    variance = sum((d - mean) ** 2 for d in deltas) / (n - 1) if n > 1 else 0.0
+    return {"mean": mean, "stderr": (variance / n) ** 0.5, "queries": float(n)}

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from app.evaluation.metrics import HEADLINE_METRICS, evaluate_run
+from app.evaluation.metrics import HEADLINE_METRICS, evaluate_run, paired_change, per_query_metrics
 
 TOL = 1e-9
 
@@ -159,3 +159,36 @@ def test_only_positive_grades_are_relevant():
 def test_raises_when_no_query_has_a_relevant_doc(qrels):
     with pytest.raises(ValueError):
         evaluate_run(qrels, {"q": {"d": 1.0}})
+
+
+def test_per_query_metrics_match_each_query_alone_and_average_to_the_run(toy):
+    qrels, run, expected = toy
+    per_query = per_query_metrics(qrels, run)
+    judged = [q for q, docs in qrels.items() if any(g > 0 for g in docs.values())]
+    assert sorted(per_query) == sorted(judged)
+    for q in judged:
+        assert per_query[q] == pytest.approx(evaluate_run({q: qrels[q]}, run), abs=TOL), q
+    for name in HEADLINE_METRICS:
+        assert sum(m[name] for m in per_query.values()) / len(per_query) == pytest.approx(expected[name], abs=TOL)
+
+
+def test_per_query_metrics_give_zero_to_a_query_without_a_ranking():
+    per_query = per_query_metrics({"a": {"d1": 1}, "b": {"d2": 1}}, {"a": {"d1": 1.0}})
+    assert per_query["b"] == {"ndcg@10": 0.0, "recall@100": 0.0, "mrr@10": 0.0}
+    assert per_query["a"]["ndcg@10"] == pytest.approx(1.0)
+
+
+def test_paired_change_mean_and_standard_error():
+    before = {"a": {"ndcg@10": 0.5}, "b": {"ndcg@10": 0.2}, "c": {"ndcg@10": 0.9}}
+    after = {"a": {"ndcg@10": 0.6}, "b": {"ndcg@10": 0.2}, "c": {"ndcg@10": 0.7}}
+    deltas = [0.1, 0.0, -0.2]
+    mean = sum(deltas) / 3
+    stderr = math.sqrt(sum((d - mean) ** 2 for d in deltas) / 2 / 3)
+    result = paired_change(before, after)
+    assert result["mean"] == pytest.approx(mean, abs=TOL)
+    assert result["stderr"] == pytest.approx(stderr, abs=TOL)
+    assert result["queries"] == 3
+    # The same shift on every query is no noise at all.
+    assert paired_change(before, {q: {"ndcg@10": m["ndcg@10"] + 0.1} for q, m in before.items()})[
+        "stderr"
+    ] == pytest.approx(0.0, abs=TOL)
