@@ -7,7 +7,8 @@ all of them, training queries too), the bundled bi-encoder's top ``recall_k`` as
 reranked by the same model in fp32 and in the service's dynamic int8
 (``app.retrieval.quantization.maybe_int8``): ``--variants`` picks among every Linear layer, all but
 the head's, every layer with per-channel weight scales, and per-channel with the feed-forward
-down-projections kept in fp32. The passes alternate ``--rounds`` times so that drift of the machine
+down-projections or the first two layers kept in fp32 (where ``bench.int8_sensitivity`` finds the
+error). The passes alternate ``--rounds`` times so that drift of the machine
 falls on all of them alike; metrics come from the first round.
 
 What is measured is fidelity: how far int8 moves the same model's quality. On the 45 held-out
@@ -44,6 +45,8 @@ VARIANTS: dict[str, dict] = {
     "int8_per_channel": {"per_channel": True},  # a weight scale per output row (what search serves)
     # ...and the feed-forward down-projections (their inputs, after GELU, have the widest range) in fp32.
     "int8_per_channel_ffn_down_fp32": {"per_channel": True, "keep_fp32": r"layer\.\d+\.output\.dense"},
+    # ...or the first two layers in fp32 (bench.int8_sensitivity: the layers int8 moves the logits most).
+    "int8_per_channel_first_two_layers_fp32": {"per_channel": True, "keep_fp32": r"layer\.[01]\."},
 }
 
 
