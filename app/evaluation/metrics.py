@@ -49,10 +49,14 @@ def per_query_metrics(qrels: Qrels, run: Run) -> dict[str, dict[str, float]]:
     }
 
 
+def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The run's figures from :func:`per_query_metrics`' output (so a caller needing both scores the run once)."""
+    return {name: sum(m[name] for m in per_query.values()) / len(per_query) for name in HEADLINE_METRICS}
+
+
 def evaluate_run(qrels: Qrels, run: Run) -> dict[str, float]:
     """Mean metrics over every query in ``qrels`` that has at least one relevant document."""
-    per_query = per_query_metrics(qrels, run)
-    return {name: sum(m[name] for m in per_query.values()) / len(per_query) for name in HEADLINE_METRICS}
+    return mean_metrics(per_query_metrics(qrels, run))
 
 
 def paired_change(
