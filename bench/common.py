@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.training.data import PreparedData
+    from app.training.data import EvalSpec, PreparedData
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RETUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -121,15 +121,37 @@ def run_embedder_job(dataset: str, spec: Any, params: Any, train_split: str = "t
     }
 
 
-def cranfield_heldout_split() -> PreparedData:
-    """Cranfield (graded 0-4, no official split), its queries split 80/20 by seed 42: the split the
-    reranker benchmarks share, so their figures are on the same held-out queries."""
+def shared_beir_split(dataset: str, spec: EvalSpec, train_split: str = "train") -> PreparedData:
+    """A shared BEIR set parsed and split as a job would (``app.training.data.prepare``)."""
     import tempfile
 
     from app.ingest import ParseLimits, parse_beir_dir, write_retrieval_set
-    from app.training.data import EvalSpec, prepare
+    from app.training.data import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset_dir = Path(tmp) / "dataset"
-        write_retrieval_set(parse_beir_dir(SHARED_DATA / "cranfield", ParseLimits()), dataset_dir)
-        return prepare(dataset_dir, "beir", EvalSpec(holdout_fraction=0.2, seed=42), train_split="all")
+        write_retrieval_set(parse_beir_dir(SHARED_DATA / dataset, ParseLimits()), dataset_dir)
+        return prepare(dataset_dir, "beir", spec, train_split=train_split)
+
+
+def cranfield_heldout_split() -> PreparedData:
+    """Cranfield (graded 0-4, no official split), its queries split 80/20 by seed 42: the split the
+    reranker benchmarks share, so their figures are on the same held-out queries."""
+    from app.training.data import EvalSpec
+
+    return shared_beir_split("cranfield", EvalSpec(holdout_fraction=0.2, seed=42), train_split="all")
+
+
+def scifact_validation_split() -> PreparedData:
+    """SciFact train with 10% of its queries set aside by seed 42 for validation (model and fusion
+    weight choices), so that the official test queries are touched only by the final figures."""
+    from app.training.data import EvalSpec
+
+    return shared_beir_split("scifact", EvalSpec(holdout_fraction=0.1, seed=42))
+
+
+def scifact_test_split() -> PreparedData:
+    """SciFact's official test queries (300) over the full corpus."""
+    from app.training.data import EvalSpec
+
+    return shared_beir_split("scifact", EvalSpec(split="test"))

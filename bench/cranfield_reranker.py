@@ -66,9 +66,9 @@ def run(name: str, params: RerankerParams, data, work: Path, keep: Path | None =
     wall = round(time.monotonic() - started, 1)
     label = data.eval_label
     last = max(p["step"] for p in observer.points)
-    curve = fusion_curve(outcome.model_dir, work / name, data, params)
-    if keep is not None:
+    if keep is not None:  # before the curve: an hour's model outlives a failure after training
         shutil.copytree(outcome.model_dir, keep / name, dirs_exist_ok=True)
+    curve = fusion_curve(outcome.model_dir, work / name, data, params)
     return {
         "params": params.model_dump(mode="json"),
         "first_stage": observer.metrics_at(0, f"{label}/first_stage"),
