@@ -38,6 +38,8 @@ class RunState:
     base_metrics: dict[str, float] = field(default_factory=dict)
     best_value: float | None = None
     best_step: int | None = None
+    # A reranker's first-stage weight at each evaluated step (str(step) -> w), for ``first_stage_weight: auto``.
+    fusion_weights: dict[str, float] = field(default_factory=dict)
 
     def save(self, work_dir: Path) -> None:
         tmp = work_dir / f"{STATE_FILE}.tmp"

@@ -5,7 +5,7 @@ Names follow FlagEmbedding / sentence-transformers where they exist (see docs/tr
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -140,13 +140,12 @@ class RerankerParams(TrainingParams):
         description="Add up to this many pseudo-queries cut from the corpus (a sentence as the query, the rest of "
         "its passage as the positive, negatives mined like the judged queries') to the training groups.",
     )
-    first_stage_weight: float = Field(
+    first_stage_weight: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = Field(
         0.5,
-        ge=0,
-        le=1,
         description="Score fusion: search orders the reranked candidates by w * first stage + (1 - w) * reranker "
         "(each min-max normalised per query); evaluations score that order (split '<eval>/fused') and pick the best "
-        "checkpoint by it; the model keeps w for search. 0: the reranker's order alone.",
+        "checkpoint by it; the model keeps w for search. 0: the reranker's order alone. 'auto': at each evaluation "
+        "the weight of 0, 0.1, ..., 1 that scores best on the evaluation queries by select_metric.",
     )
     stop_on_collapse: bool = Field(
         False, description="End training at the first evaluation the collapse watch flags (it is flagged either way)."

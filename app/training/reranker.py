@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker
+from app.evaluation.retrieval import best_fusion_weight, evaluate_embedder, evaluate_reranker
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
 from app.retrieval.reranker import HEAD_PATTERN, load_reranker, untrained_head_weights
 from app.training.callbacks import BestModel, ObserverCallback
@@ -116,17 +116,29 @@ def train_reranker(
     # The first stage is the bar: the reranker must beat retrieval without it.
     best.base_value = first_metrics[params.select_metric]
 
+    auto_weight = params.first_stage_weight == "auto"
+    fusion_weights = dict(state.fusion_weights) if state is not None else {}  # str(step) -> w
+
     def evaluate(step: int, epoch: float) -> None:
+        weight = 0.0 if auto_weight else float(params.first_stage_weight)
         result = evaluate_reranker(
             model, first_run, data.corpus, data.eval_queries, data.eval_qrels, params.recall_k,
-            candidate_config.format_query, params.first_stage_weight,
+            candidate_config.format_query, weight,
         )  # fmt: skip
+        fused_metrics = result.fused_metrics
+        if auto_weight:  # the same logits, fused at every grid weight: no extra model call
+            weight, fused_metrics = best_fusion_weight(
+                first_run, result.run, data.eval_qrels, params.recall_k, params.select_metric
+            )
+        fusion_weights[str(step)] = weight
         for name, value in result.metrics.items():
             observer.on_metric(step, epoch, name, value, data.eval_label)
         # What search will serve: the fused order when the model keeps a first-stage weight.
-        served = result.fused_metrics if result.fused_metrics is not None else result.metrics
-        for name, value in (result.fused_metrics or {}).items():
+        served = fused_metrics if fused_metrics is not None else result.metrics
+        for name, value in (fused_metrics or {}).items():
             observer.on_metric(step, epoch, name, value, f"{data.eval_label}/fused")
+        if fused_metrics is not None:
+            observer.on_metric(step, epoch, "first_stage_weight", weight, f"{data.eval_label}/fused")
         observer.on_metric(step, epoch, "score_std", result.score_std, data.eval_label)
         observer.on_metric(step, epoch, "positive_share", result.positive_share, data.eval_label)
         collapsed = step > 0 and is_collapsed(
@@ -144,7 +156,10 @@ def train_reranker(
                 callback.stop_requested = True
         if step > 0:
             best.offer(step, served)
-        RunState(base_metrics=first_metrics, best_value=best.best_value, best_step=best.best_step).save(work_dir)
+        RunState(
+            base_metrics=first_metrics, best_value=best.best_value, best_step=best.best_step,
+            fusion_weights=fusion_weights,
+        ).save(work_dir)  # fmt: skip
 
     if state is not None and resume_from is not None:  # resuming (both were reset otherwise)
         best.best_value, best.best_step = state.best_value, state.best_step
@@ -179,7 +194,10 @@ def train_reranker(
             "max_length": params.max_length,
             "candidate_model": params.candidate_model,
             "loss": params.loss,
-            "first_stage_weight": params.first_stage_weight,
+            # auto: the weight chosen at the best step (the one search will use with this model)
+            "first_stage_weight": fusion_weights.get(str(best.best_step), 0.5)
+            if auto_weight
+            else params.first_stage_weight,
         },
         better_than_base=best.better_than_base,
         base_value=best.base_value,

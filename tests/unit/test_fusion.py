@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.evaluation.metrics import evaluate_run
-from app.evaluation.retrieval import fuse_runs
+from app.evaluation.retrieval import FUSION_GRID, best_fusion_weight, fuse_runs
 from app.retrieval.fusion import fuse, min_max
 
 
@@ -47,3 +47,27 @@ def test_a_flat_reranker_fused_keeps_the_first_stage_metrics():
     qrels = {"q1": {"b": 1}, "q2": {"x": 2, "z": 1}}
     fused = fuse_runs(first_stage, flat, rerank_k=3, first_stage_weight=0.5)
     assert evaluate_run(qrels, fused) == evaluate_run(qrels, first_stage)
+
+
+def _fused_ndcg(first_stage, reranked, qrels, weight: float) -> float:
+    return evaluate_run(qrels, fuse_runs(first_stage, reranked, 3, weight))["ndcg@10"]
+
+
+@pytest.mark.parametrize("reranker_is_right", [True, False])
+def test_best_fusion_weight_takes_the_best_weight_nearest_the_default(reranker_is_right: bool):
+    first_stage = {"q1": {"a": 0.9, "b": 0.8, "c": 0.1}, "q2": {"x": 0.9, "y": 0.2, "z": 0.1}}
+    qrels = {"q1": {"b": 1}, "q2": {"x": 1}}  # the first stage is wrong on q1, right on q2
+    if reranker_is_right:
+        reranked = {"q1": {"a": 0.0, "b": 5.0, "c": -1.0}, "q2": {"x": 5.0, "y": 0.0, "z": -1.0}}
+    else:
+        reranked = {"q1": {"a": 5.0, "b": -1.0, "c": 0.0}, "q2": {"x": -1.0, "y": 5.0, "z": 0.0}}
+    weight, metrics = best_fusion_weight(first_stage, reranked, qrels, rerank_k=3, metric="ndcg@10")
+
+    by_weight = {w: _fused_ndcg(first_stage, reranked, qrels, w) for w in FUSION_GRID}
+    best = max(by_weight.values())
+    assert metrics["ndcg@10"] == best
+    assert weight == min((w for w in FUSION_GRID if by_weight[w] == best), key=lambda w: abs(w - 0.5))
+    if reranker_is_right:  # perfect order reachable, and the reranker alone (w = 0) has it
+        assert best == 1.0 and by_weight[0.0] == 1.0 and weight > 0.0
+    else:  # a reranker wrong everywhere adds nothing: the first stage's own figure is the best
+        assert best == evaluate_run(qrels, first_stage)["ndcg@10"] < 1.0 and weight > 0.5

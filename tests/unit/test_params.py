@@ -95,8 +95,15 @@ def test_good_query_instruction_format_accepted(fmt):
         (RerankerParams, "loss", "pairwise"),
         (RerankerParams, "group_size", 1),
         (RerankerParams, "recall_k", 0),
+        (RerankerParams, "first_stage_weight", 1.5),
+        (RerankerParams, "first_stage_weight", "best"),
     ],
 )
 def test_out_of_range_values_rejected(cls, field, value):
     with pytest.raises(ValidationError):
         cls.model_validate({field: value})
+
+
+@pytest.mark.parametrize("weight", [0, 0.3, 1, "auto"])
+def test_first_stage_weight_is_a_weight_or_auto(weight):
+    assert RerankerParams.model_validate({"first_stage_weight": weight}).first_stage_weight == weight

@@ -93,3 +93,18 @@ def test_a_flagged_collapse_stops_training_when_asked(data, tmp_path: Path, monk
     assert len(warnings) == 1 and warnings[0].endswith("training stopped (stop_on_collapse)") == stop_on_collapse
     assert max(observer.train("loss")) == (1 if stop_on_collapse else PARAMS.max_steps)
     assert outcome.best_step is not None
+
+
+def test_auto_first_stage_weight_is_chosen_at_each_evaluation_and_kept_with_the_best_model(data, tmp_path: Path):
+    params = PARAMS.model_copy(update={"eval_steps": 2, "first_stage_weight": "auto"})
+    observer = RecordingObserver()
+    outcome = train(data, tmp_path / "work", observer, params)
+
+    fused = f"{data.eval_label}/fused"
+    weights = {step: value for step, name, value, split in observer.metrics if name == "first_stage_weight"}
+    assert sorted(weights) == [0, 2, 4] and all(0.0 <= w <= 1.0 for w in weights.values())
+    assert all(split == fused for _, name, _, split in observer.metrics if name == "first_stage_weight")
+    # The model keeps the weight of its own (best) step, the one its fused figure was measured with.
+    assert outcome.config["first_stage_weight"] == weights[outcome.best_step]
+    best_fused = {n: v for s, n, v, sp in observer.metrics if s == outcome.best_step and sp == fused}
+    assert best_fused["ndcg@10"] == outcome.best_value
