@@ -30,17 +30,14 @@ from app.training.params import RerankerParams
 from app.training.reranker import train_reranker
 from bench.common import PrintingObserver, cranfield_heldout_split, write_results
 
-FUSION_WEIGHTS = [round(0.1 * i, 1) for i in range(11)]
 
-
-def fusion_curve(model_dir: Path, work: Path, data, params: RerankerParams) -> dict[str, dict[str, float]]:
+def best_model_fusion_curve(model_dir: Path, work: Path, data, params: RerankerParams) -> dict[float, dict[str, float]]:
     """The best model's held-out metrics at every first-stage weight, from one reranking pass.
 
     For the report only: the job's default weight (0.5) was fixed before this curve was measured,
     and a weight must not be chosen on the queries it is reported on.
     """
-    from app.evaluation.metrics import evaluate_run
-    from app.evaluation.retrieval import evaluate_reranker, fuse_runs
+    from app.evaluation.retrieval import evaluate_reranker, fusion_curve
     from app.retrieval.reranker import load_reranker
     from app.training.checkpoints import load_first_stage_run
 
@@ -50,10 +47,7 @@ def fusion_curve(model_dir: Path, work: Path, data, params: RerankerParams) -> d
     reranked = evaluate_reranker(
         model, first_run, data.corpus, data.eval_queries, data.eval_qrels, params.recall_k, format_query
     )
-    return {
-        str(w): evaluate_run(data.eval_qrels, fuse_runs(first_run, reranked.run, params.recall_k, w))
-        for w in FUSION_WEIGHTS
-    }
+    return fusion_curve(first_run, reranked.run, data.eval_qrels, params.recall_k)
 
 
 def run(name: str, params: RerankerParams, data, work: Path, keep: Path | None = None) -> dict:
@@ -68,7 +62,7 @@ def run(name: str, params: RerankerParams, data, work: Path, keep: Path | None =
     last = max(p["step"] for p in observer.points)
     if keep is not None:  # before the curve: an hour's model outlives a failure after training
         shutil.copytree(outcome.model_dir, keep / name, dirs_exist_ok=True)
-    curve = fusion_curve(outcome.model_dir, work / name, data, params)
+    curve = best_model_fusion_curve(outcome.model_dir, work / name, data, params)
     return {
         "params": params.model_dump(mode="json"),
         "first_stage": observer.metrics_at(0, f"{label}/first_stage"),

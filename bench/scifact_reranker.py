@@ -26,8 +26,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from app.evaluation.metrics import evaluate_run
-from app.evaluation.retrieval import FUSION_GRID, best_fusion_weight, evaluate_embedder, evaluate_reranker, fuse_runs
+from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker, fusion_curve, weight_of_best
 from app.training.data import PreparedData
 from app.training.params import RerankerParams
 from bench.common import scifact_validation_split, write_results
@@ -50,15 +49,13 @@ def validation_curve(model_dir: Path, data: PreparedData, recall_k: int) -> dict
     reranked = evaluate_reranker(
         model, first.run, data.corpus, data.eval_queries, data.eval_qrels, recall_k, config.format_query
     )
-    weight, _ = best_fusion_weight(first.run, reranked.run, data.eval_qrels, recall_k, "ndcg@10")
+    curve = fusion_curve(first.run, reranked.run, data.eval_qrels, recall_k)
     return {
         "recall_k": recall_k,
         "first_stage": first.metrics,
         "reranked": reranked.metrics | {"score_std": reranked.score_std},
-        "fusion_curve": {
-            str(w): evaluate_run(data.eval_qrels, fuse_runs(first.run, reranked.run, recall_k, w)) for w in FUSION_GRID
-        },
-        "validation_chosen_first_stage_weight": weight,
+        "fusion_curve": curve,
+        "validation_chosen_first_stage_weight": weight_of_best(curve, "ndcg@10"),
     }
 
 
@@ -81,7 +78,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         listwise = run("listwise", params, data, Path(tmp), args.keep)
     curve = listwise["best_model_fusion_curve"]
-    chosen = max(curve, key=lambda w: (curve[w]["ndcg@10"], -abs(float(w) - 0.5)))
     write_results(
         args.name or "scifact_reranker",
         {
@@ -91,7 +87,7 @@ def main() -> None:
             "validation_queries": len(data.eval_qrels),
             "listwise": listwise,
             # For the test run: the weight with the best validation nDCG@10 (ties: nearest 0.5).
-            "validation_chosen_first_stage_weight": float(chosen),
+            "validation_chosen_first_stage_weight": weight_of_best(curve, "ndcg@10"),
         },
     )
 

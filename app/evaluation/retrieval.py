@@ -134,8 +134,23 @@ def fuse_runs(
     return fused
 
 
-# The first-stage weights ``best_fusion_weight`` tries: 0 (the reranker's order) to 1 (the first stage's).
+# The first-stage weights a fusion curve scores: 0 (the reranker's order) to 1 (the first stage's).
 FUSION_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def fusion_curve(
+    first_stage_run: Mapping[str, Mapping[str, float]],
+    reranked_run: Mapping[str, Mapping[str, float]],
+    qrels: Qrels,
+    rerank_k: int,
+) -> dict[float, dict[str, float]]:
+    """The fused order's metrics at every weight of ``FUSION_GRID``, from the same logits (no model call)."""
+    return {w: evaluate_run(qrels, fuse_runs(first_stage_run, reranked_run, rerank_k, w)) for w in FUSION_GRID}
+
+
+def weight_of_best(curve: Mapping[float, Mapping[str, float]], metric: str) -> float:
+    """The curve's weight with the best ``metric``; ties go to the weight nearest 0.5 (the fixed default)."""
+    return max(curve, key=lambda w: (curve[w][metric], -abs(w - 0.5)))
 
 
 def best_fusion_weight(
@@ -147,9 +162,9 @@ def best_fusion_weight(
 ) -> tuple[float, dict[str, float]]:
     """The grid weight whose fused order scores best on these queries by ``metric``, and its metrics.
 
-    Ties go to the weight nearest 0.5 (the fixed default). A choice made on the queries it is then
-    reported on flatters them a little: report it on other queries where it matters.
+    A choice made on the queries it is then reported on flatters them a little: report it on other
+    queries where it matters.
     """
-    scored = {w: evaluate_run(qrels, fuse_runs(first_stage_run, reranked_run, rerank_k, w)) for w in FUSION_GRID}
-    weight = max(scored, key=lambda w: (scored[w][metric], -abs(w - 0.5)))
-    return weight, scored[weight]
+    curve = fusion_curve(first_stage_run, reranked_run, qrels, rerank_k)
+    weight = weight_of_best(curve, metric)
+    return weight, curve[weight]
