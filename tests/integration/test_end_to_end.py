@@ -110,6 +110,7 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     assert {p["name"] for p in rr_points if p["split"] == "test/fused"} >= HEADLINE  # the order search serves
     reranker_id = rr_job["model_id"]
     assert {m["id"]: m for m in client.get("/models").json()}[reranker_id]["kind"] == "reranker"
+    _chained_reranker_starts_where_the_first_ended(service, dataset["id"], model_id, reranker_id, rr_points)
 
     # By default the reranker's own first-stage weight (0.5, from its job) fuses the two stages' scores.
     whole = {"index_id": index["id"], "query": query, "top_k": 20, "recall_k": 20, "reranker_id": reranker_id}
@@ -141,6 +142,40 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     assert quantised.status_code == 200, quantised.text
     assert {h["doc_id"] for h in quantised.json()["results"]} <= set(recalled_ids(client, {**body, "int8": True}))
     assert all(0.0 <= h["score"] <= 1.0 and h["rerank_score"] is not None for h in quantised.json()["results"])
+
+
+def _chained_reranker_starts_where_the_first_ended(
+    service: Service, dataset_id: str, candidate_model: str, reranker_id: str, first_points: list[dict]
+) -> None:
+    """A reranker job whose base_model is a trained reranker starts from that model, head included
+    (the recipe that beat the bi-encoder on Cranfield): its step-0 evaluation reproduces the first
+    job's best evaluation on the same queries and candidates; a new head would score differently."""
+    fused = {
+        p["step"]: p["value"]
+        for p in first_points
+        if p["split"] == "test/fused" and p["name"] == "ndcg@10" and p["step"] > 0
+    }
+    best_step = max(fused, key=lambda step: (fused[step], -step))  # BestModel keeps the first best
+    first_best = {p["name"]: p["value"] for p in first_points if p["step"] == best_step and p["split"] == "test"}
+
+    chained = service.client.post(
+        "/jobs",
+        json={
+            "kind": "reranker",
+            "dataset_id": dataset_id,
+            "base_model": reranker_id,
+            "eval": {"split": "test"},
+            "params": {**TINY_RERANKER, "candidate_model": candidate_model},
+        },
+    )
+    assert chained.status_code == 202, chained.text
+    job, _ = _watch_job(service, chained.json()["id"])
+    assert job["status"] == "succeeded", (job, service.log_tail())
+    assert job["base_model"] == reranker_id
+    points = service.client.get(f"/jobs/{job['id']}/metrics").json()["points"]
+    step0 = {p["name"]: p["value"] for p in points if p["step"] == 0 and p["split"] == "test"}
+    for name in (*sorted(HEADLINE), "score_std"):
+        assert step0[name] == pytest.approx(first_best[name], abs=1e-6), (name, step0, first_best)
 
 
 def recalled_ids(client: httpx.Client, body: dict) -> list[str]:
