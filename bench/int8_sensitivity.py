@@ -4,11 +4,12 @@
 
 A few hundred (query, candidate) pairs of the Cranfield held-out queries (the bundled bi-encoder's
 top 30, sampled by seed) are scored in fp32 and with only one group of Linear layers dynamically
-quantised (per-channel weight scales, as search serves), the rest left in fp32. The error of each
-group (root mean square logit change, relative to the spread of the fp32 logits) says which layers
-to keep in fp32 for a cheaper quality cost; ``bench.reranker_int8`` then measures that variant's
-nDCG change and speed on whole rankings. Error is measured on scores, not relevance, so looking at
-held-out queries' candidates picks nothing by their judgements.
+quantised (per-channel weight scales, 7-bit activations, as search served until 2026-11-24), the
+rest left in fp32. The error of each group (root mean square logit change, relative to the spread
+of the fp32 logits) says which layers to keep in fp32 for a cheaper quality cost;
+``bench.reranker_int8`` then measures that variant's nDCG change and speed on whole rankings.
+Error is measured on scores, not relevance, so looking at held-out queries' candidates picks
+nothing by their judgements.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def main() -> None:
     spread = float(reference.std())
     results: dict[str, dict[str, float]] = {}
     for name, pattern in GROUPS.items():
-        model = maybe_int8(fp32, True, keep_fp32=only(pattern), per_channel=True)
+        model = maybe_int8(fp32, True, keep_fp32=only(pattern), per_channel=True, full_range=False)
         started = time.monotonic()
         logits = np.asarray(model.predict(pairs, batch_size=32, show_progress_bar=False), dtype=np.float64)
         seconds = time.monotonic() - started

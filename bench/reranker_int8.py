@@ -8,7 +8,8 @@ The held-out Cranfield queries of ``bench.cranfield_reranker`` (80/20 by seed 42
 all of them, training queries too), the bundled bi-encoder's top ``recall_k`` as candidates,
 reranked by the same model in fp32 and in the service's dynamic int8
 (``app.retrieval.quantization.maybe_int8``): ``--variants`` picks among every Linear layer, all but
-the head's, every layer with per-channel weight scales, and per-channel with the feed-forward
+the head's, every layer with per-channel weight scales, per-channel with 8-bit activations (search's
+path where the CPU has VNNI or AMX int8), and per-channel with the feed-forward
 down-projections or the first two layers kept in fp32 (where ``bench.int8_sensitivity`` finds the
 error). The passes alternate ``--rounds`` times so that drift of the machine
 falls on all of them alike; metrics come from the first round.
@@ -48,18 +49,23 @@ from app.retrieval.reranker import HEAD_PATTERN, load_reranker, sigmoid
 from bench.common import cranfield_heldout_split, scifact_test_split, write_results
 from bench.int8_sensitivity import GROUPS
 
-# Each int8 variant: maybe_int8's keyword arguments.
+# Each int8 variant: maybe_int8's keyword arguments. All but the last use 7-bit activations, as every
+# variant did before 2026-11-24, so their records stay reproducible.
+SEVEN_BIT = {"full_range": False}
 VARIANTS: dict[str, dict] = {
-    "int8": {},  # every Linear layer, one weight scale per matrix
-    "int8_fp32_head": {"keep_fp32": HEAD_PATTERN},  # the head (pooler + classifier) kept
-    "int8_per_channel": {"per_channel": True},  # a weight scale per output row (what search serves)
+    "int8": {"per_channel": False} | SEVEN_BIT,  # every Linear layer, one weight scale per matrix
+    "int8_fp32_head": {"per_channel": False, "keep_fp32": HEAD_PATTERN} | SEVEN_BIT,  # the head kept
+    "int8_per_channel": {"per_channel": True} | SEVEN_BIT,  # a weight scale per output row
     # ...and the feed-forward down-projections (their inputs, after GELU, have the widest range) in fp32.
-    "int8_per_channel_ffn_down_fp32": {"per_channel": True, "keep_fp32": GROUPS["ffn_down"]},
+    "int8_per_channel_ffn_down_fp32": {"per_channel": True, "keep_fp32": GROUPS["ffn_down"]} | SEVEN_BIT,
     # ...or the first two layers in fp32 (bench.int8_sensitivity: the layers int8 moves the logits most).
     "int8_per_channel_first_two_layers_fp32": {
         "per_channel": True,
         "keep_fp32": f"{GROUPS['layer_0']}|{GROUPS['layer_1']}",
-    },
+    }
+    | SEVEN_BIT,
+    # Per-channel with 8-bit activations: what search serves on a CPU with VNNI or AMX int8.
+    "int8_per_channel_8bit": {"per_channel": True, "full_range": True},
 }
 
 
@@ -74,7 +80,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["cranfield", "scifact"], default="cranfield")
     parser.add_argument("--queries", choices=["heldout", "all"], default="heldout", help="Cranfield's queries")
     parser.add_argument(
-        "--variants", default="int8,int8_fp32_head,int8_per_channel", help=",".join(VARIANTS) + "; none: fp32 only"
+        "--variants", default="int8_per_channel,int8_per_channel_8bit", help=",".join(VARIANTS) + "; none: fp32 only"
     )
     parser.add_argument("--candidate-model", help="the first stage (default: the bundled all-MiniLM-L6-v2)")
     args = parser.parse_args()

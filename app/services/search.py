@@ -118,11 +118,7 @@ def search(
         max_length = reranker.config.get("max_length")
         rerank_model = cache.get(
             ("reranker", path, force, int8),
-            # Per-channel scales: on a trained reranker they cut int8's nDCG@10 cost from -0.0175 to
-            # -0.0097 at the same speed (bench.reranker_int8).
-            lambda: maybe_int8(
-                _load_checked_reranker(path, reranker.id, device, max_length, force), int8, per_channel=True
-            ),
+            lambda: maybe_int8(_load_checked_reranker(path, reranker.id, device, max_length, force), int8),
         )
     results = []
     for query, found in zip(queries, recalled, strict=True):
