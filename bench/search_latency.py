@@ -244,7 +244,8 @@ def main() -> None:
                 corpus,
             )
             search_body = {"index_id": index_id, "recall_k": args.recall_k, "top_k": args.top_k}
-            rerank_body = search_body | {"reranker_id": reranker_id, "return_text": True}
+            # The reranker's own order, as the bare script ranks (a job's reranker is fused by default).
+            rerank_body = search_body | {"reranker_id": reranker_id, "return_text": True, "first_stage_weight": 0.0}
 
             def via_http(extra: dict[str, Any]):
                 def call(query: str) -> list[tuple[str, float]]:
