@@ -40,6 +40,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    """p50 and p95 of timings in seconds, in milliseconds (numpy's interpolated percentiles)."""
+    import numpy as np
+
+    ms = np.array(seconds) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
+
+
 def write_results(name: str, payload: dict[str, Any], echo: bool = True) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

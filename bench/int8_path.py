@@ -34,14 +34,9 @@ from app.retrieval.embedder import EmbedderConfig, encode_passages, encode_queri
 from app.retrieval.quantization import cpu_has_int8_dot_product, maybe_int8
 from app.retrieval.reranker import load_reranker, rerank_logits
 from app.retrieval.vector_index import VectorIndex
-from bench.common import scifact_test_split, scifact_validation_split, write_results
+from bench.common import percentiles_ms, scifact_test_split, scifact_validation_split, write_results
 
 PATHS = ("fp32", "int8")
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -138,8 +133,7 @@ def main() -> None:
         )
     timing = {
         path: {
-            "p50_ms": 1000 * percentile(latency[path], 0.5),
-            "p95_ms": 1000 * percentile(latency[path], 0.95),
+            **percentiles_ms(latency[path]),
             "mean_ms": 1000 * statistics.fmean(latency[path]),
             "corpus_encoding_s": corpus_seconds[path],
         }

@@ -49,7 +49,7 @@ from app.evaluation.metrics import evaluate_run
 from app.ingest import ParseLimits, parse_beir_dir
 from app.retrieval.embedder import passage_text
 from app.retrieval.reranker import sigmoid
-from bench.common import ROOT, SHARED_DATA, write_results
+from bench.common import ROOT, SHARED_DATA, percentiles_ms, write_results
 
 KEY = "rt_bench_" + uuid.uuid4().hex
 DEFAULT_RERANKER_JOB = {"max_steps": 4, "max_train_queries": 32, "recall_k": 20}
@@ -83,11 +83,6 @@ def _wait(client: httpx.Client, path: str, done: set[str], timeout: float = 3600
     raise TimeoutError(path)
 
 
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.array(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
-
-
 def _latency_summary(
     seconds: dict[str, list[float]],
     runs: dict[str, dict[str, list[tuple[str, float]]]],
@@ -96,7 +91,7 @@ def _latency_summary(
     summary = {}
     for name, secs in seconds.items():
         run = {qid: dict(hits) for qid, hits in runs[name].items()}
-        summary[name] = _percentiles(secs) | {
+        summary[name] = percentiles_ms(secs) | {
             "mean_ms": round(statistics.mean(secs) * 1000, 1),
             "ndcg@10": round(evaluate_run({q: qrels[q] for q in run}, run)["ndcg@10"], 4),
         }
@@ -172,7 +167,7 @@ def _concurrent(url: str, body: dict[str, Any], queries: list[str], clients: int
         "errors": len(errors),
         "error_examples": errors[:3],
         "requests_per_s": round(len(latencies) / wall, 2),
-        **(_percentiles(latencies) if latencies else {}),
+        **(percentiles_ms(latencies) if latencies else {}),
     }
 
 
