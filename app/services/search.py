@@ -7,7 +7,8 @@ embedder settings used are the ones the index recorded when it was built, never 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -61,6 +62,10 @@ def _load_checked_reranker(path: str, name: str, device: str, max_length: int | 
 class SearchOutcome:
     index_id: str
     hits: list[list[Hit]]  # one ranked list per query
+    # Where the time went (ms): "load" (cache misses), "recall" (encode + FAISS), "rerank" (all
+    # queries' cross-encoder passes), "total". Served as a Server-Timing header, so a client can tell
+    # the models' time from the HTTP and bookkeeping around it.
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 def search(
@@ -83,6 +88,7 @@ def search(
         raise InvalidRequestError(f"top_k is at most {settings.max_top_k} and recall_k at most {settings.max_recall_k}")
     if len(queries) > settings.max_batch_queries:
         raise InvalidRequestError(f"at most {settings.max_batch_queries} queries per request")
+    started = time.perf_counter()
     index_row = resolve_index(session, index_ref)
     if index_row.status != "ready":
         raise ConflictError(f"index '{index_row.id}' is {index_row.status}, not ready")
@@ -98,6 +104,7 @@ def search(
     device = resolve_device(settings.device)
     int8 = int8 and device == "cpu"  # dynamic int8 quantisation is a CPU path
 
+    loading = time.perf_counter()
     index_dir = str(storage.absolute(settings, index_row.path))
     vector_index, config = cache.get(("index", index_dir), lambda: _load_index(index_dir))
     embedder_path = model_path(settings, embedder_row)
@@ -108,8 +115,6 @@ def search(
     corpus: dict[str, Document] = cache.get(
         ("corpus", dataset.path), lambda: read_retrieval_set(storage.absolute(settings, dataset.path)).corpus
     )
-
-    recalled = vector_index.search(encode_queries(embedder, config, queries), max(recall_k, top_k))
     rerank_model = None
     if reranker is not None:
         if first_stage_weight is None:
@@ -120,12 +125,18 @@ def search(
             ("reranker", path, force, int8),
             lambda: maybe_int8(_load_checked_reranker(path, reranker.id, device, max_length, force), int8),
         )
+    recalling = time.perf_counter()
+    recalled = vector_index.search(encode_queries(embedder, config, queries), max(recall_k, top_k))
+    recall_done = time.perf_counter()
+    rerank_seconds = 0.0
     results = []
     for query, found in zip(queries, recalled, strict=True):
         hits = [Hit(d, None, s, s, None) for d, s in found]
         if rerank_model is not None and hits:
             texts = [passage_text(corpus[h.doc_id]) for h in hits]
+            reranking = time.perf_counter()
             logits = rerank_logits(rerank_model, config.format_query(query), texts)
+            rerank_seconds += time.perf_counter() - reranking
             for hit, logit in zip(hits, logits, strict=True):
                 hit.rerank_score, hit.score = float(logit), sigmoid(float(logit))
             if first_stage_weight:
@@ -142,4 +153,6 @@ def search(
             for hit in hits:
                 hit.text = passage_text(corpus[hit.doc_id])
         results.append(hits)
-    return SearchOutcome(index_id=index_row.id, hits=results)
+    timings = {"load": recalling - loading, "recall": recall_done - recalling, "rerank": rerank_seconds}
+    timings["total"] = time.perf_counter() - started
+    return SearchOutcome(index_row.id, results, {k: round(v * 1000, 1) for k, v in timings.items()})

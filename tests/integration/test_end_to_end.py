@@ -129,6 +129,10 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     assert len(hits) == 5
     assert all(0.0 <= h["score"] <= 1.0 and h["rerank_score"] is not None and h["fused_score"] is None for h in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    # Server-Timing: the service's own time by stage; the cross-encoder pass is most of it.
+    timing = dict(part.strip().split(";dur=") for part in reranked.headers["Server-Timing"].split(","))
+    assert set(timing) == {"load", "recall", "rerank", "total"}
+    assert 0 < float(timing["rerank"]) <= float(timing["total"]), timing
     # Deterministic: the same request gives the same scores.
     assert client.post("/search", json=body).json()["results"] == hits
 
