@@ -14,6 +14,11 @@ One run, same machine, same models, same queries:
    ``recall_k`` (query, passage) pairs, sigmoid, sort, top 10.
 3. The same queries through `/search` (recall_k, rerank all of them, top_k 10), fp32 and int8. The
    three paths are interleaved query by query (rotating order), so drift hits them alike.
+   Each path's time is split into stages: the service's own (``Server-Timing`` header: load, recall,
+   rerank, total) and what the client waited beyond it (HTTP, auth, database lookups, JSON); the bare
+   script's recall and rerank. Ratios are given on the p50s and paired query by query (median with a
+   bootstrap 95% interval). The bare script uses CrossEncoder.predict's default batch of 32 (what a
+   user writes; ``--bare-batch-size`` changes it); the service its CPU default of 8 (measured faster).
 4. Quality: nDCG@10 of each path on the timed queries, and how far int8's reranked top-k strays from
    fp32's; the int8 embedder's nDCG@10 cost on all 300 test queries (first stage only, cheap); then 8
    concurrent clients for ``--seconds`` each, with and without the reranker: requests/s, p95, errors.
@@ -48,7 +53,7 @@ import numpy as np
 from app.evaluation.metrics import evaluate_run
 from app.ingest import ParseLimits, parse_beir_dir
 from app.retrieval.embedder import passage_text
-from app.retrieval.reranker import sigmoid
+from app.retrieval.reranker import CPU_RERANK_BATCH_SIZE, sigmoid
 from bench.common import ROOT, SHARED_DATA, percentiles_ms, write_results
 
 KEY = "rt_bench_" + uuid.uuid4().hex
@@ -107,6 +112,20 @@ def _latency_summary(
     return summary
 
 
+def paired_ratio(numerator: list[float], denominator: list[float], seed: int = 0) -> dict[str, float]:
+    """Per-query time ratios of two paths that timed the same queries: their median with a bootstrap
+    95% interval, and the share of queries where the numerator path was faster. Pairing removes the
+    spread between queries (long vs short passages), which dominates the p50s themselves."""
+    ratios = np.asarray(numerator) / np.asarray(denominator)
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(ratios, size=(2000, ratios.size), replace=True), axis=1)
+    return {
+        "median": round(float(np.median(ratios)), 4),
+        "median_95_interval": [round(float(x), 4) for x in np.percentile(medians, [2.5, 97.5])],
+        "share_faster": round(float(np.mean(ratios < 1.0)), 3),
+    }
+
+
 def _agreement(fp32: dict[str, list[tuple[str, float]]], int8: dict[str, list[tuple[str, float]]]) -> dict[str, float]:
     """How far the int8 path's reranked top-k strays from fp32's, whatever the reranker's quality."""
     overlap, max_diff = [], 0.0
@@ -120,7 +139,9 @@ def _agreement(fp32: dict[str, list[tuple[str, float]]], int8: dict[str, list[tu
 class BareTwoStage:
     """What a user writes by hand: sentence-transformers + FAISS + CrossEncoder, in process."""
 
-    def __init__(self, embedder_path: str, reranker_path: str, index_dir: Path, corpus: dict[str, str]) -> None:
+    def __init__(
+        self, embedder_path: str, reranker_path: str, index_dir: Path, corpus: dict[str, str], batch_size: int = 32
+    ) -> None:
         import faiss
         import torch
         from sentence_transformers import CrossEncoder, SentenceTransformer
@@ -131,6 +152,7 @@ class BareTwoStage:
         self.index = faiss.read_index(str(index_dir / "index.faiss"))
         self.doc_ids = json.loads((index_dir / "doc_ids.json").read_text())
         self.corpus = corpus
+        self.batch_size = batch_size
 
     def search(self, query: str, recall_k: int, top_k: int) -> tuple[list[tuple[str, float]], dict[str, float]]:
         started = time.perf_counter()
@@ -138,7 +160,7 @@ class BareTwoStage:
         _, rows = self.index.search(vector.astype(np.float32), recall_k)
         docs = [self.doc_ids[r] for r in rows[0] if r >= 0]
         reranking = time.perf_counter()
-        logits = self.reranker.predict([(query, self.corpus[d]) for d in docs], batch_size=32)
+        logits = self.reranker.predict([(query, self.corpus[d]) for d in docs], batch_size=self.batch_size)
         done = time.perf_counter()
         ranked = sorted(zip(docs, (sigmoid(float(x)) for x in logits), strict=True), key=lambda h: -h[1])
         return ranked[:top_k], {"recall": (reranking - started) * 1000, "rerank": (done - reranking) * 1000}
@@ -203,6 +225,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="per concurrency run")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--reranker-params", default=json.dumps(DEFAULT_RERANKER_JOB))
+    parser.add_argument(
+        "--bare-batch-size", type=int, default=32, help="the bare script's CrossEncoder.predict batch (its default)"
+    )
     parser.add_argument("--name", default="search_latency")
     args = parser.parse_args()
 
@@ -262,6 +287,7 @@ def main() -> None:
                 str(data_dir / "models" / reranker_id),
                 data_dir / "indexes" / index_id,
                 corpus,
+                args.bare_batch_size,
             )
             search_body = {"index_id": index_id, "recall_k": args.recall_k, "top_k": args.top_k}
             # The reranker's own order, as the bare script ranks (a job's reranker is fused by default).
@@ -332,6 +358,8 @@ def main() -> None:
             f"(every {max(1, len(test_ids) // args.queries)}th), recall_k {args.recall_k}, all reranked, "
             f"top_k {args.top_k}; "
             f"torch threads {torch.get_num_threads()} in each process, CPUs allowed {sorted(os.sched_getaffinity(0))}; "
+            f"rerank batch: bare script {args.bare_batch_size}, service "
+            f"{os.environ.get('RETUNE_RERANK_BATCH_SIZE') or 'its CPU default ' + str(CPU_RERANK_BATCH_SIZE)}; "
             "embedder: bundled all-MiniLM-L6-v2; reranker: a MiniLM cross-encoder from a Retune reranker job "
             f"(params {args.reranker_params}); service in embedded mode, one API process, sequential requests",
             "latency": latency,
@@ -342,12 +370,15 @@ def main() -> None:
             "ratio_int8_over_fp32_p50": round(
                 latency["service_http_int8"]["p50_ms"] / latency["service_http"]["p50_ms"], 3
             ),
+            "paired_service_over_bare": paired_ratio(seconds["service_http"], seconds["bare_script"]),
+            "paired_int8_over_fp32": paired_ratio(seconds["service_http_int8"], seconds["service_http"]),
             "int8_vs_fp32_reranked": _agreement(runs["service_http"], runs["service_http_int8"]),
             "first_stage_all_test_queries": {"queries": len(test_ids)}
             | first_stage
             | {"int8_ndcg@10_change": round(first_stage["int8"]["ndcg@10"] - first_stage["fp32"]["ndcg@10"], 4)},
             "concurrency_first_stage": load_recall,
             "concurrency_with_rerank": load_rerank,
+            "per_query_ms": {name: [round(x * 1000, 1) for x in secs] for name, secs in seconds.items()},
         },
     )
 

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     default_base_model: str = Field("all-MiniLM-L6-v2", description="Model id used when a job names no base model.")
     device: str | None = Field(None, description="torch device for workers; default cuda when present.")
     model_cache_size: int = Field(4, description="Models kept loaded per process for /search.")
+    rerank_batch_size: int | None = Field(
+        None, ge=1, description="(query, passage) pairs per reranker forward pass; default: 8 on CPU, 32 on GPU."
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads torch uses per process; default: torch's own (one per core)."
     )

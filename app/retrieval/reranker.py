@@ -69,13 +69,29 @@ def load_reranker(path: str, device: str, max_length: int | None = None) -> Cros
     return model
 
 
-def rerank_logits(model: CrossEncoder, query: str, passages: list[str], batch_size: int = 32) -> np.ndarray:
-    """Raw logits for (query, passage) pairs; CrossEncoder.predict sorts by length to limit padding."""
+# Pairs per forward pass. On a CPU small batches are faster: measured on SciFact candidates (100
+# pairs, MiniLM-L6, 256 tokens, 2-core AMD EPYC), batches of 8 took 0.83-0.87x the time of
+# sentence-transformers' default 32 with two threads, 0.91x with one, and 0.83x with int8 weights:
+# a batch's activations (8 x 256 tokens x 1,536 FFN units) stay in cache, and since most passages
+# fill the 256 tokens, padding is not what differs. A GPU wants large batches (default kept).
+CPU_RERANK_BATCH_SIZE = 8
+GPU_RERANK_BATCH_SIZE = 32
+
+
+def default_rerank_batch_size(device: str) -> int:
+    return CPU_RERANK_BATCH_SIZE if device == "cpu" else GPU_RERANK_BATCH_SIZE
+
+
+def rerank_logits(model: CrossEncoder, query: str, passages: list[str], batch_size: int | None = None) -> np.ndarray:
+    """Raw logits for (query, passage) pairs; CrossEncoder.predict sorts by length to limit padding.
+
+    ``batch_size``: pairs per forward pass; default: the best measured for the model's device type.
+    """
     if not passages:
         return np.zeros(0, dtype=np.float32)
     scores = model.predict(
         [(query, p) for p in passages],
-        batch_size=batch_size,
+        batch_size=batch_size or default_rerank_batch_size(model.device.type),
         show_progress_bar=False,
         convert_to_numpy=True,
     )

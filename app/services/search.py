@@ -135,7 +135,7 @@ def search(
         if rerank_model is not None and hits:
             texts = [passage_text(corpus[h.doc_id]) for h in hits]
             reranking = time.perf_counter()
-            logits = rerank_logits(rerank_model, config.format_query(query), texts)
+            logits = rerank_logits(rerank_model, config.format_query(query), texts, settings.rerank_batch_size)
             rerank_seconds += time.perf_counter() - reranking
             for hit, logit in zip(hits, logits, strict=True):
                 hit.rerank_score, hit.score = float(logit), sigmoid(float(logit))

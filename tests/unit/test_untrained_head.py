@@ -15,6 +15,9 @@ import pytest
 
 from app.core.errors import RetuneError, UntrainedHeadError
 from app.retrieval.reranker import (
+    CPU_RERANK_BATCH_SIZE,
+    GPU_RERANK_BATCH_SIZE,
+    default_rerank_batch_size,
     ensure_trained_head,
     load_reranker,
     rerank_logits,
@@ -76,6 +79,21 @@ def test_reranker_scores_identical_across_reloads(saved_reranker: str):
     single = rerank_logits(first, QUERY, PASSAGES[1:2])
     np.testing.assert_allclose(single, a[1:2], rtol=1e-5, atol=1e-5)
     assert rerank_logits(first, QUERY, []).shape == (0,)
+
+
+def test_batch_size_changes_speed_not_scores(saved_reranker: str):
+    """The CPU default (small batches, faster there) gives the scores one large batch gives, in order."""
+    assert default_rerank_batch_size("cpu") == CPU_RERANK_BATCH_SIZE < GPU_RERANK_BATCH_SIZE
+    assert default_rerank_batch_size("cuda") == GPU_RERANK_BATCH_SIZE
+    model = load_reranker(saved_reranker, "cpu")
+    passages = PASSAGES * 4  # 12 pairs: two batches of 8 by default, one of 32
+    by_default = rerank_logits(model, QUERY, passages)
+    one_batch = rerank_logits(model, QUERY, passages, batch_size=32)
+    one_by_one = rerank_logits(model, QUERY, passages, batch_size=1)
+    assert by_default.shape == (12,)
+    np.testing.assert_allclose(by_default, one_batch, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(by_default, one_by_one, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(by_default[:3], by_default[3:6], rtol=1e-5, atol=1e-5)
 
 
 def test_untrained_head_differs_across_loads():
