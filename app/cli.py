@@ -39,11 +39,14 @@ def _die_with_parent() -> None:
 
 
 def migrate() -> None:
+    """The database to the newest schema; the embedded broker's tables and queue, once."""
+    from app.core.queue import prepare_sql_broker
     from app.db.migrate import upgrade_to_head
 
     settings = get_settings()
     settings.ensure_dirs()
     upgrade_to_head(settings.resolved_database_url)
+    prepare_sql_broker(settings)
 
 
 def serve(with_worker: bool) -> int:

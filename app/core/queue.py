@@ -34,3 +34,17 @@ def make_celery(settings: Settings) -> Celery:
         },
     )
     return app
+
+
+def prepare_sql_broker(settings: Settings) -> None:
+    """Embedded broker only: create kombu's tables and the queue's row from one process, before any
+    worker or API process starts. kombu's SQL transport creates both on first use, guarded by a lock
+    of its own process alone, so a worker and the API starting together on a fresh data dir race:
+    one fails with "table already exists" or a UNIQUE violation on the queue's name (seen in CI as a
+    500 from the first POST /jobs). A no-op for other brokers (Redis needs no declaring)."""
+    if not settings.resolved_broker_url.startswith("sqla+"):
+        return
+    from kombu import Queue
+
+    with make_celery(settings).connection_for_write() as connection:
+        Queue(settings.queue).bind(connection.default_channel).declare()
