@@ -31,6 +31,7 @@ Every 25 queries the figures so far go to ``<name>_partial.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -176,6 +177,25 @@ def server_timing(header: str) -> dict[str, float]:
             if key == "dur":
                 stages[name.strip()] = float(value)
     return stages
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 60) -> None:
+    """SIGTERM to the service's process group (API and embedded worker), SIGKILL to what is left after
+    ``grace`` seconds: before the data dir is deleted, and so that no idle worker outlives the run
+    (one once did, its Celery shutdown stuck, after the temporary dir was removed under it)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            break
+        proc.poll()
+        time.sleep(0.5)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 def _concurrent(url: str, body: dict[str, Any], queries: list[str], clients: int, seconds: float) -> dict[str, Any]:
@@ -347,8 +367,7 @@ def main() -> None:
             print(f"{args.clients} clients x {args.seconds:.0f} s, with rerank ...", flush=True)
             load_rerank = _concurrent(url, rerank_body, sample, args.clients, args.seconds)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+            _stop_group(proc)
 
     bare_p50 = latency["bare_script"]["p50_ms"]
     write_results(
