@@ -69,11 +69,11 @@ def load_reranker(path: str, device: str, max_length: int | None = None) -> Cros
     return model
 
 
-# Pairs per forward pass. On a CPU small batches are faster: measured on SciFact candidates (100
-# pairs, MiniLM-L6, 256 tokens, 2-core AMD EPYC), batches of 8 took 0.83-0.87x the time of
-# sentence-transformers' default 32 with two threads, 0.91x with one, and 0.83x with int8 weights:
-# a batch's activations (8 x 256 tokens x 1,536 FFN units) stay in cache, and since most passages
-# fill the 256 tokens, padding is not what differs. A GPU wants large batches (default kept).
+# Pairs per forward pass. On a CPU small batches are faster: bench.rerank_batch (100 SciFact pairs,
+# MiniLM-L6, 256 tokens, 2-core AMD EPYC, two threads) took 0.86x the time of sentence-transformers'
+# default 32 in batches of 8 (4 or 16: 0.88-0.89x, 64: 0.99x, 1: 1.01x). A batch's activations
+# (8 x 256 tokens x 1,536 FFN units) stay in cache; most passages fill the 256 tokens, so padding is
+# not what differs. A GPU wants large batches: sentence-transformers' default is kept there.
 CPU_RERANK_BATCH_SIZE = 8
 GPU_RERANK_BATCH_SIZE = 32
 
