@@ -91,6 +91,10 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     # An embedder is not a reranker: refused instead of scoring with a random head.
     refused = client.post("/search", json={"index_id": index["id"], "query": query, "reranker_id": "all-MiniLM-L6-v2"})
     assert refused.status_code == 422 and "reranker" in refused.json()["detail"]
+    forced = {"index_id": index["id"], "query": query, "reranker_id": "all-MiniLM-L6-v2", "force": True}
+    forced_response = client.post("/search", json=forced | {"recall_k": 5, "top_k": 5})
+    assert forced_response.status_code == 200, forced_response.text  # the caller asked for it explicitly
+    assert all(r["rerank_score"] is not None for r in forced_response.json()["results"])
 
     rr = client.post(
         "/jobs",
