@@ -53,19 +53,47 @@ class ModelOut(Orm):
     base_model: str | None
     job_id: str | None
     config: dict[str, Any]
-    better_than_base: bool | None
+    better_than_base: bool | None = Field(description="verdict.result == 'better' (None when not measured).")
+    verdict: dict[str, Any] | None = Field(
+        None,
+        description="Base vs this model on its job's test queries, per query and paired: metric, base, final, "
+        "delta, ci_low / ci_high (95% bootstrap), queries, result (better: the whole interval above 0; worse: "
+        "below 0; else not_better), contaminated.",
+    )
     created_at: datetime
 
 
 class EvalSpecIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    split: str | None = Field(None, description="A qrels split of a BEIR dataset, e.g. 'test'.")
-    holdout_fraction: float | None = Field(None, description="Share of training queries held out (default 0.2).")
+    split: str | None = Field(
+        None,
+        description="The TEST queries: a qrels split of a BEIR dataset, e.g. 'test'. "
+        "Reported only: evaluated for the base model and the chosen one, never used to choose.",
+    )
+    holdout_fraction: float | None = Field(
+        None, description="Else: share of training queries held out as the test queries (default 0.2)."
+    )
     seed: int = 42
     max_queries: int | None = Field(None, ge=1, description="Evaluate a seeded sample of the held-out queries.")
     max_corpus_docs: int | None = Field(
         None, ge=1, description="Evaluate against all judged docs plus a seeded sample of the others, up to this many."
+    )
+    validation_split: str | None = Field(
+        None, description="A qrels split whose queries make every choice (checkpoint, weights, calibration)."
+    )
+    validation_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=0.5,
+        description="Else: this share of the training queries, set aside by seed (default 0.1, "
+        "at least 20 queries, at most half).",
+    )
+    max_validation_queries: int | None = Field(None, ge=1, description="A seeded sample of the validation queries.")
+    allow_overlap: bool = Field(
+        False,
+        description="Evaluate even on queries the base or candidate model was trained on; every metric is then "
+        "labelled contaminated.",
     )
 
 
@@ -95,6 +123,7 @@ class JobOut(Orm):
     model_id: str | None
     output_dataset_id: str | None = Field(None, description="The training dataset a mine_negatives job wrote.")
     better_than_base: bool | None = None
+    verdict: dict[str, Any] | None = Field(None, description="The produced model's verdict (see ModelOut).")
     step: int
     total_steps: int | None
     attempts: int

@@ -59,6 +59,9 @@ class Model(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Held-out comparison with the base model; None when not measured (bundled models).
     better_than_base: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # Base vs this model on the job's test queries, paired: {metric, base, final, delta, ci_low, ci_high,
+    # queries, result: better | not_better | worse, split, contaminated}; None when not measured.
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

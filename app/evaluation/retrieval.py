@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.evaluation.metrics import Qrels, evaluate_run
+from app.evaluation.metrics import Qrels, evaluate_run, mean_metrics, per_query_metrics
 from app.ingest.types import Document
 from app.retrieval.embedder import EmbedderConfig, encode_passages, encode_queries, passage_text
 from app.retrieval.fusion import fuse
@@ -29,6 +29,47 @@ class RetrievalEvaluation:
     run: dict[str, dict[str, float]]
     corpus_vectors: np.ndarray
     doc_ids: list[str]
+    per_query: dict[str, dict[str, float]] | None = None  # query -> metric -> value (for paired comparisons)
+
+
+@dataclass
+class CorpusVectors:
+    """One encoding of a corpus by one model state: every query set of that state is searched against it."""
+
+    vectors: np.ndarray
+    doc_ids: list[str]
+
+
+def encode_corpus(model: SentenceTransformer, config: EmbedderConfig, corpus: Mapping[str, Document]) -> CorpusVectors:
+    was_training = model.training
+    model.eval()
+    try:
+        doc_ids = list(corpus)
+        return CorpusVectors(encode_passages(model, config, [corpus[d] for d in doc_ids]), doc_ids)
+    finally:
+        model.train(was_training)
+
+
+def evaluate_queries(
+    model: SentenceTransformer,
+    config: EmbedderConfig,
+    encoded: CorpusVectors,
+    queries: Mapping[str, str],
+    qrels: Qrels,
+    top_k: int = 100,
+) -> RetrievalEvaluation:
+    """Search every judged query against an encoded corpus; score with pytrec_eval (per query and mean)."""
+    was_training = model.training
+    model.eval()
+    try:
+        query_ids = [q for q in qrels if q in queries]
+        query_vectors = encode_queries(model, config, [queries[q] for q in query_ids])
+    finally:
+        model.train(was_training)
+    hits = VectorIndex.build(encoded.vectors, encoded.doc_ids).search(query_vectors, top_k)
+    run = {q: dict(h) for q, h in zip(query_ids, hits, strict=True)}
+    per_query = per_query_metrics(qrels, run)
+    return RetrievalEvaluation(mean_metrics(per_query), run, encoded.vectors, encoded.doc_ids, per_query)
 
 
 def evaluate_embedder(
@@ -44,18 +85,7 @@ def evaluate_embedder(
     The corpus vectors come back too: the trainer reuses them to mine hard negatives instead of
     encoding the corpus a second time (the costliest step on a CPU).
     """
-    was_training = model.training
-    model.eval()
-    try:
-        doc_ids = list(corpus)
-        vectors = encode_passages(model, config, [corpus[d] for d in doc_ids])
-        query_ids = [q for q in qrels if q in queries]
-        query_vectors = encode_queries(model, config, [queries[q] for q in query_ids])
-    finally:
-        model.train(was_training)
-    hits = VectorIndex.build(vectors, doc_ids).search(query_vectors, top_k)
-    run = {q: dict(h) for q, h in zip(query_ids, hits, strict=True)}
-    return RetrievalEvaluation(evaluate_run(qrels, run), run, vectors, doc_ids)
+    return evaluate_queries(model, config, encode_corpus(model, config, corpus), queries, qrels, top_k)
 
 
 @dataclass
@@ -65,6 +95,11 @@ class RerankEvaluation:
     score_std: float  # mean over queries of the std of the scores: near 0 means collapse
     positive_share: float  # share of candidates with a positive logit
     fused_metrics: dict[str, float] | None = None  # with first_stage_weight > 0: the fused order's metrics
+    fused_run: dict[str, dict[str, float]] | None = None
+
+    def served(self, qrels: Qrels) -> dict[str, dict[str, float]]:
+        """Per-query metrics of the order search serves (fused when fusing), for paired comparisons."""
+        return per_query_metrics(qrels, self.fused_run if self.fused_run is not None else self.run)
 
 
 def evaluate_reranker(
@@ -110,6 +145,7 @@ def evaluate_reranker(
         score_std=float(np.mean(stds)) if stds else 0.0,
         positive_share=positives / total if total else 0.0,
         fused_metrics=evaluate_run(qrels, fused) if fused is not None else None,
+        fused_run=fused,
     )
 
 

@@ -62,6 +62,22 @@ def load_embedder(path: str, device: str, max_seq_length: int | None = None) -> 
     return model
 
 
+def saved_config(model: SentenceTransformer) -> EmbedderConfig:
+    """How a model folder says it is used: its saved prompts, normalisation and lengths (for a base model that
+    Retune's registry does not describe, so that its step-0 evaluation measures it as it is served elsewhere)."""
+    from sentence_transformers.base.modules.normalize import Normalize
+
+    prompts = model.prompts or {}
+    query_length = getattr(model[0], "query_length", None)
+    return EmbedderConfig(
+        query_instruction=prompts.get("query", ""),
+        passage_instruction=prompts.get("document", prompts.get("passage", "")),
+        normalize=any(isinstance(module, Normalize) for module in model),
+        max_seq_length=model.max_seq_length,
+        query_max_seq_length=query_length if query_length != model.max_seq_length else None,
+    )
+
+
 def encode_texts(
     model: SentenceTransformer,
     texts: list[str],

@@ -33,6 +33,7 @@ from app.ingest import (
 )
 from app.services import storage
 from app.services.lookup import get_or_404
+from app.training.data import MINED_TEACHER
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 CHUNK = 1 << 20
@@ -127,7 +128,9 @@ def store_training_examples(
         write_training_examples(examples, out)
         stored = read_training_examples(out)
         stats = training_examples_to_retrieval_set(stored).stats() | {"examples": len(stored)}
-        (out / "dataset.json").write_text(json.dumps({"format": "training_jsonl", "source": source}))
+        (out / "dataset.json").write_text(json.dumps(
+            {"format": "training_jsonl", "source": source, "teacher_scores": MINED_TEACHER}
+        ))  # fmt: skip
         dataset_id = new_id()
         shutil.move(str(out), storage.absolute(settings, storage.dataset_rel(dataset_id)))
     finally:

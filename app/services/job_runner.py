@@ -25,8 +25,9 @@ from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.services import storage
 from app.services.datasets import store_training_examples
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
+from app.services.provenance import trained_hashes, write_provenance
 from app.training.common import TrainingOutcome
-from app.training.data import EvalSpec, prepare, read_training_split
+from app.training.data import EvalSpec, PreparedData, prepare, read_training_split
 from app.training.embedder import train_embedder
 from app.training.mining import mine_hard_negatives
 from app.training.observer import TrainingCancelled
@@ -235,14 +236,13 @@ def _run_claimed(job: Job, settings: Settings) -> None:
             job.params.get("max_train_queries"),
         )
         device = resolve_device(settings.device)
-        observer.on_message(
-            f"attempt {job.attempts}: training on {len(data.train_queries)} queries, "
-            f"evaluating on {len(data.eval_queries)} held-out queries ({data.eval_label}) "
-            f"against {len(data.corpus)} documents, device {device}"
-        )
+        observer.on_message(_roles_message(job.attempts, data, device))
         outcome: TrainingOutcome
         if job.kind == "embedder":
-            outcome = train_embedder(base_path, data, EmbedderParams(**job.params), work_dir, observer, device)
+            outcome = train_embedder(
+                base_path, data, EmbedderParams(**job.params), work_dir, observer, device,
+                base_config if base_row is not None else None,
+            )  # fmt: skip
         else:
             outcome = train_reranker(
                 base_path, data, RerankerParams(**job.params), work_dir, observer, device,
@@ -251,14 +251,10 @@ def _run_claimed(job: Job, settings: Settings) -> None:
         if not outcome.model_dir.exists():
             raise RuntimeError("training finished without an evaluated model to keep")
 
+        inherited = [trained_hashes(settings, base_row), trained_hashes(settings, candidate_row)]
+        write_provenance(outcome.model_dir, job.dataset_id, data.train_queries, inherited)
         final = storage.absolute(settings, storage.model_rel(model_id))
         shutil.move(str(outcome.model_dir), final)
-        verdict = (
-            f"best {outcome.metric} {outcome.best_value:.4f} at step {outcome.best_step}"
-            f" vs base {outcome.base_value:.4f}"
-        )
-        if not outcome.better_than_base:
-            verdict += ": NOT better than the base model; do not promote it"
         with session_scope() as s:
             s.add(
                 Model(
@@ -271,9 +267,11 @@ def _run_claimed(job: Job, settings: Settings) -> None:
                     job_id=job_id,
                     config=outcome.config,
                     better_than_base=outcome.better_than_base,
+                    verdict=outcome.verdict.to_dict() if outcome.verdict else None,
                 )
             )
-        observer.on_message(verdict)
+        if not outcome.better_than_base:
+            observer.on_message("the verdict is not 'better': do not promote this model")
         _finish(job_id, "succeeded", model_id=model_id)
     except TrainingCancelled as exc:
         observer.on_message(str(exc))
@@ -287,6 +285,15 @@ def _run_claimed(job: Job, settings: Settings) -> None:
         _finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{tail}")
     finally:
         storage.remove(work_dir)
+
+
+def _roles_message(attempt: int, data: PreparedData, device: str) -> str:
+    contaminated = " (CONTAMINATED: the base or candidate model trained on some of them)" if data.contaminated else ""
+    return (
+        f"attempt {attempt}: training on {len(data.train_queries)} queries; choosing on {len(data.validation_queries)} "
+        f"validation queries ({data.validation_label}); reporting on {len(data.eval_queries)} test queries "
+        f"({data.eval_label}){contaminated}, against {len(data.corpus)} documents, device {device}"
+    )
 
 
 def _mine_into_dataset(

@@ -11,11 +11,12 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.errors import ConflictError, InvalidRequestError
 from app.core.queue import RUN_JOB
-from app.db.tables import Job, MetricPoint, utcnow
+from app.db.tables import Dataset, Job, MetricPoint, Model, utcnow
 from app.services import dispatch
 from app.services.datasets import get_dataset
 from app.services.lookup import get_or_404
-from app.services.models import resolve_base_model
+from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
+from app.services.provenance import check_evaluation_queries
 from app.training.params import EmbedderParams, MiningParams, RerankerParams
 
 PARAMS_BY_KIND = {"embedder": EmbedderParams, "reranker": RerankerParams, "mine_negatives": MiningParams}
@@ -34,7 +35,8 @@ def validate_eval(dataset_format: str, stats: dict[str, Any], spec: dict[str, An
     """The stored eval spec has exactly the fields of app.training.data.EvalSpec."""
     split, fraction = spec.get("split"), spec.get("holdout_fraction")
     seed = int(spec.get("seed", 42))
-    sampling = {k: spec[k] for k in ("max_queries", "max_corpus_docs") if spec.get(k)}
+    sampling = {k: spec[k] for k in ("max_queries", "max_corpus_docs", "max_validation_queries") if spec.get(k)}
+    sampling |= _validation_fields(dataset_format, stats, spec)
     if split and fraction:
         raise InvalidRequestError("eval: give either 'split' or 'holdout_fraction', not both")
     if split:
@@ -48,6 +50,45 @@ def validate_eval(dataset_format: str, stats: dict[str, Any], spec: dict[str, An
     return {"holdout_fraction": fraction, "seed": seed, **sampling}
 
 
+def _validation_fields(dataset_format: str, stats: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Where the validation queries come from: a named split, or a share of the training queries."""
+    name, fraction = spec.get("validation_split"), spec.get("validation_fraction")
+    if name and fraction is not None:
+        raise InvalidRequestError("eval: give either 'validation_split' or 'validation_fraction', not both")
+    if name:
+        splits = set((stats.get("qrels") or {}).keys())
+        if dataset_format != "beir" or name not in splits:
+            raise InvalidRequestError(
+                f"eval.validation_split '{name}': the dataset has no such split ({sorted(splits)})"
+            )
+        if name == spec.get("split"):
+            raise InvalidRequestError("eval.validation_split must differ from eval.split (the test queries)")
+        return {"validation_split": name}
+    if fraction is not None:
+        if not 0.0 < float(fraction) <= 0.5:
+            raise InvalidRequestError("eval.validation_fraction must be in (0, 0.5]")
+        return {"validation_fraction": float(fraction)}
+    return {}
+
+
+def _evaluates_trained_queries(
+    session: Session,
+    settings: Settings,
+    kind: str,
+    dataset: Dataset,
+    base_row: Model | None,
+    clean_eval: dict[str, Any],
+    clean_params: dict[str, Any],
+    allow_overlap: bool,
+) -> bool:
+    """The provenance check of the job's base and candidate models (app.services.provenance)."""
+    models: dict[str, Model | None] = {"base_model": base_row}
+    if kind == "reranker":
+        candidate = clean_params.get("candidate_model") or BUNDLED_MODEL_ID
+        models["params.candidate_model"] = resolve_base_model(session, settings, candidate)[1]
+    return check_evaluation_queries(session, settings, dataset, clean_eval, clean_params, models, allow_overlap)
+
+
 def create_job(
     session: Session,
     settings: Settings,
@@ -56,6 +97,7 @@ def create_job(
     base_model: str | None,
     eval_spec: dict[str, Any],
     params: dict[str, Any],
+    allow_overlap: bool = False,
 ) -> Job:
     dataset = get_dataset(session, dataset_id)
     clean_params = validate_params(kind, params)
@@ -80,6 +122,10 @@ def create_job(
         if candidate is not None and candidate.kind != "embedder":
             raise InvalidRequestError("params.candidate_model must be an embedder")
 
+    if kind != "mine_negatives" and _evaluates_trained_queries(
+        session, settings, kind, dataset, base_row, clean_eval, clean_params, allow_overlap
+    ):
+        clean_eval["contaminated"] = True
     job = Job(kind=kind, dataset_id=dataset.id, base_model=base, params=clean_params, eval=clean_eval)
     session.add(job)
     session.commit()

@@ -30,6 +30,8 @@ class ObserverCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw):
         self.observer.on_progress(state.global_step, state.max_steps)
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the last step's loss, however short the job (logging_steps or not)
         if self.observer.should_stop():
             self.cancelled = True
             control.should_training_stop = True

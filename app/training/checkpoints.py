@@ -40,6 +40,8 @@ class RunState:
     best_step: int | None = None
     # A reranker's first-stage weight at each evaluated step (str(step) -> w), for ``first_stage_weight: auto``.
     fusion_weights: dict[str, float] = field(default_factory=dict)
+    # The base's per-query metrics on the test queries (step 0): the paired verdict's "before".
+    base_test: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def save(self, work_dir: Path) -> None:
         tmp = work_dir / f"{STATE_FILE}.tmp"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.evaluation.verdict import Verdict
 from app.training.params import TrainingParams
 
 
@@ -18,6 +19,7 @@ class TrainingOutcome:
     best_value: float | None
     best_step: int | None
     metric: str
+    verdict: Verdict | None = None  # base vs chosen model on the test queries, paired
 
 
 def precision_flags(device: str) -> dict[str, bool]:

@@ -19,8 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.evaluation.retrieval import evaluate_embedder
-from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, set_query_length
+from app.evaluation.retrieval import encode_corpus, evaluate_queries
+from app.evaluation.verdict import Verdict, judge
+from app.retrieval.embedder import (
+    EmbedderConfig,
+    encode_queries,
+    load_embedder,
+    saved_config,
+    set_query_length,
+)
 from app.training.callbacks import BestModel, ObserverCallback
 from app.training.checkpoints import (
     RunState,
@@ -31,31 +38,98 @@ from app.training.checkpoints import (
     trainer_dir,
 )
 from app.training.common import TrainingOutcome, trainer_arguments
-from app.training.data import PreparedData, mine_negatives
+from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver
 from app.training.params import EmbedderParams
 
 if TYPE_CHECKING:
+    import torch
     from sentence_transformers import SentenceTransformer
 
 
 def _negatives_for(
-    qid: str, data: PreparedData, mined: dict[str, list[str]], params: EmbedderParams, rng: random.Random
+    qid: str,
+    data: PreparedData,
+    mined: dict[str, list[str]],
+    params: EmbedderParams,
+    rng: random.Random,
+    excluded: set[str],
+    doc_ids: list[str],
 ) -> list[str]:
+    """``excluded``: the query's judged documents and every copy of them (same text under another id)."""
     wanted = params.train_group_size - 1
     source = params.hard_negatives
     if source == "auto":
         source = "dataset" if data.dataset_negatives.get(qid) else "mine"
     pool = list(data.dataset_negatives.get(qid, [])) if source == "dataset" else list(mined.get(qid, []))
-    chosen = rng.sample(pool, min(wanted, len(pool)))
+    chosen = rng.sample([d for d in pool if d not in excluded], min(wanted, len(pool)))
     # Top up with random corpus documents so every row has the same number of columns.
-    judged = data.train_qrels[qid]
-    doc_ids = list(data.corpus)
-    while len(chosen) < wanted and len(doc_ids) > len(judged) + len(chosen):
+    while len(chosen) < wanted and len(doc_ids) > len(excluded) + len(chosen):
         doc = rng.choice(doc_ids)
-        if doc not in judged and doc not in chosen:
+        if doc not in excluded and doc not in chosen:
             chosen.append(doc)
     return chosen
+
+
+def training_config(params: EmbedderParams, data: PreparedData) -> EmbedderConfig:
+    """How the model is trained and then served: the job's params, and a FlagEmbedding file's ``prompt``
+    as the query instruction (refused when the params name another one)."""
+    instruction = params.query_instruction or data.query_prompt
+    if params.query_instruction and data.query_prompt and params.query_instruction != data.query_prompt:
+        raise ValueError(
+            f"params.query_instruction {params.query_instruction!r} differs from the training file's prompt "
+            f"{data.query_prompt!r}: give one of them"
+        )
+    return EmbedderConfig(
+        query_instruction=instruction,
+        query_instruction_format=params.query_instruction_format,
+        passage_instruction=params.passage_instruction,
+        normalize=params.normalize,
+        max_seq_length=params.passage_max_len,
+        query_max_seq_length=params.query_max_len,
+    )
+
+
+def _use(model: SentenceTransformer, config: EmbedderConfig) -> None:
+    """Cut passages and queries as ``config`` says (the base's saved lengths at step 0, the job's after)."""
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length
+    set_query_length(model, config.query_max_seq_length or config.max_seq_length)
+
+
+def _overrides(base: EmbedderConfig, used: EmbedderConfig) -> str:
+    changed = [
+        f"{name} {getattr(base, name)!r} -> {getattr(used, name)!r}"
+        for name in EmbedderConfig.__dataclass_fields__
+        if getattr(base, name) != getattr(used, name)
+    ]
+    if not changed:
+        return "step 0 evaluates the base model with its saved configuration, which the job keeps"
+    return "step 0 evaluates the base model with its saved configuration; from step 1 the job's params apply: " + (
+        ", ".join(changed)
+    )
+
+
+def _embedder_loss(model: SentenceTransformer, params: EmbedderParams, distill: bool) -> torch.nn.Module:
+    from sentence_transformers import util
+    from sentence_transformers.sentence_transformer import losses
+
+    from app.training.losses.cached_in_batch_distill import CachedInBatchDistillLoss
+    from app.training.losses.in_batch_distill import InBatchDistillLoss
+
+    scale = 1.0 / params.temperature
+    if distill:  # also on resume: the saved rows say whether the first attempt distilled
+        kd = {"distillation_weight": params.distillation_weight, "teacher_temperature": params.teacher_temperature}
+        if params.cached_loss:
+            return CachedInBatchDistillLoss(model, scale=scale, mini_batch_size=params.mini_batch_size, **kd)
+        return InBatchDistillLoss(model, scale=scale, **kd)
+    # Train with the similarity search serves: cosine for normalised vectors, the inner product otherwise.
+    similarity = util.cos_sim if params.normalize else util.dot_score
+    if params.cached_loss:
+        return losses.CachedMultipleNegativesRankingLoss(
+            model, scale=scale, similarity_fct=similarity, mini_batch_size=params.mini_batch_size
+        )
+    return losses.MultipleNegativesRankingLoss(model, scale=scale, similarity_fct=similarity)
 
 
 def train_embedder(
@@ -65,48 +139,37 @@ def train_embedder(
     work_dir: Path,
     observer: TrainingObserver,
     device: str,
+    base_config: EmbedderConfig | None = None,
 ) -> TrainingOutcome:
+    """``base_config``: how the base model is used (its registry entry); default: read from the model itself."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
-    from sentence_transformers.sentence_transformer import losses
-
-    from app.training.losses.cached_in_batch_distill import CachedInBatchDistillLoss
-    from app.training.losses.in_batch_distill import InBatchDistillLoss
 
     rng = random.Random(params.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
-    model = load_embedder(base_path, device, params.passage_max_len)
-    config = EmbedderConfig(
-        query_instruction=params.query_instruction,
-        query_instruction_format=params.query_instruction_format,
-        passage_instruction=params.passage_instruction,
-        normalize=params.normalize,
-        max_seq_length=params.passage_max_len,
-        query_max_seq_length=params.query_max_len,
-    )
-    set_query_length(model, params.query_max_len)  # the step-0 evaluation cuts queries as training will
-    if config.query_instruction or config.passage_instruction:
-        # Saved with the model, so people who load it elsewhere (encode_query) get the same prefixes.
-        # Retune itself applies them explicitly through EmbedderConfig, never through prompts.
-        model.prompts = {"query": config.format_query(""), "document": config.passage_instruction}
+    model = load_embedder(base_path, device)
+    base_config = base_config or saved_config(model)
+    config = training_config(params, data)
     best_dir = work_dir / "best"
     best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))
     resume_from = last_checkpoint(work_dir)
     state = RunState.load(work_dir) if resume_from else None
     rows = load_rows(work_dir) if state else None
+    last: dict[str, Any] = {}  # the newest validation evaluation's step and corpus vectors
 
-    def evaluate(step: int, epoch: float):
-        result = evaluate_embedder(model, config, data.corpus, data.eval_queries, data.eval_qrels)
-        for name, value in result.metrics.items():
-            observer.on_metric(step, epoch, name, value, data.eval_label)
+    def evaluate(step: int, epoch: float) -> None:
+        encoded = encode_corpus(model, config, data.corpus)
+        result = evaluate_queries(model, config, encoded, data.validation_queries, data.validation_qrels)
+        _record(observer, step, epoch, result.metrics, data.split(VALIDATION_ROLE))
         best.offer(step, result.metrics)
-        RunState(base_metrics=base_metrics, best_value=best.best_value, best_step=best.best_step).save(work_dir)
-        return result
+        last.update(step=step, encoded=encoded)
+        RunState(base_metrics=base_metrics, best_value=best.best_value, best_step=best.best_step,
+                 base_test=base_test).save(work_dir)  # fmt: skip
 
     if state is not None and rows is not None and resume_from is not None:
         # Resuming: the base was measured and the rows were built by the first attempt.
-        base_metrics = state.base_metrics
+        base_metrics, base_test = state.base_metrics, state.base_test
         best.base_value, best.best_value, best.best_step = (
             base_metrics[params.select_metric], state.best_value, state.best_step
         )  # fmt: skip
@@ -114,30 +177,16 @@ def train_embedder(
         observer.on_message(f"resumed from checkpoint at step {checkpoint_step(resume_from)}")
     else:
         resume_from = None
-        base_metrics = {}
-        base = evaluate(0, 0.0)
+        base, base_test, rows, why = _measure_base_and_build_rows(model, base_config, data, params, observer, rng)
         base_metrics = base.metrics
-        RunState(base_metrics=base_metrics).save(work_dir)
-        rows, teacher = _build_rows(model, config, data, params, base.corpus_vectors, base.doc_ids, rng)
-        distill, why = _distillation_choice(teacher, data, params)
-        if distill:
-            rows["label"] = teacher  # [teacher(positive), teacher(negative_1), ...], the columns' order
+        best.offer(0, base_metrics)
+        RunState(base_metrics=base_metrics, base_test=base_test).save(work_dir)
         save_rows(work_dir, rows)
+        observer.on_message(_overrides(base_config, config))
         observer.on_message(why)
+    _use(model, config)
+    _set_prompts(model, config)
     train_dataset = Dataset.from_dict(rows)
-
-    scale = 1.0 / params.temperature
-    if "label" in rows:  # also on resume: the saved rows say whether the first attempt distilled
-        kd = {"distillation_weight": params.distillation_weight, "teacher_temperature": params.teacher_temperature}
-        if params.cached_loss:
-            loss = CachedInBatchDistillLoss(model, scale=scale, mini_batch_size=params.mini_batch_size, **kd)
-        else:
-            loss = InBatchDistillLoss(model, scale=scale, **kd)
-    elif params.cached_loss:
-        loss = losses.CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=params.mini_batch_size)
-    else:
-        loss = losses.MultipleNegativesRankingLoss(model, scale=scale)
-
     args = SentenceTransformerTrainingArguments(
         **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)),
         save_strategy="steps",
@@ -147,25 +196,92 @@ def train_embedder(
         # Queries are tokenised as task "query" (query_max_len, a Router model's query branch), the rest as documents.
         router_mapping={column: "query" if column == "anchor" else "document" for column in rows if column != "label"},
     )
-    callback = ObserverCallback(observer, lambda s, e: evaluate(s, e), params.eval_steps)
+    callback = ObserverCallback(observer, evaluate, params.eval_steps)
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[callback]
-    )
+        model=model, args=args, train_dataset=train_dataset, loss=_embedder_loss(model, params, "label" in rows),
+        callbacks=[callback],
+    )  # fmt: skip
     trainer.train(resume_from_checkpoint=resume_from)
     if callback.cancelled:
         raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}")
     if callback.last_evaluated_step != trainer.state.global_step:
         evaluate(trainer.state.global_step, float(trainer.state.epoch or 0.0))
-
+    verdict = _test_chosen(model, config, data, params, best, last, base_test, best_dir, device, observer)
     return TrainingOutcome(
         model_dir=best_dir,
         config=config.to_dict(),
-        better_than_base=best.better_than_base,
+        better_than_base=verdict.result == "better",
         base_value=best.base_value,
         best_value=best.best_value,
         best_step=best.best_step,
         metric=params.select_metric,
+        verdict=verdict,
     )
+
+
+def _record(observer: TrainingObserver, step: int, epoch: float, metrics: dict[str, float], split: str) -> None:
+    for name, value in metrics.items():
+        observer.on_metric(step, epoch, name, value, split)
+
+
+def _set_prompts(model: SentenceTransformer, config: EmbedderConfig) -> None:
+    """Saved with the model, so people who load it elsewhere (encode_query) get the same prefixes.
+    Retune itself applies them explicitly through EmbedderConfig, never through prompts."""
+    if config.query_instruction or config.passage_instruction:
+        model.prompts = {"query": config.format_query(""), "document": config.passage_instruction}
+    else:
+        model.prompts = {}
+
+
+def _measure_base_and_build_rows(
+    model: SentenceTransformer,
+    base_config: EmbedderConfig,
+    data: PreparedData,
+    params: EmbedderParams,
+    observer: TrainingObserver,
+    rng: random.Random,
+) -> tuple[Any, dict[str, dict[str, float]], dict[str, list[Any]], str]:
+    """Step 0: the base model as it is used, on validation and test (one corpus encoding); the training rows
+    are mined from the same vectors. Test is touched here and once more, for the chosen model."""
+    _use(model, base_config)
+    encoded = encode_corpus(model, base_config, data.corpus)
+    validation = evaluate_queries(model, base_config, encoded, data.validation_queries, data.validation_qrels)
+    test = evaluate_queries(model, base_config, encoded, data.eval_queries, data.eval_qrels)
+    _record(observer, 0, 0.0, validation.metrics, data.split(VALIDATION_ROLE))
+    _record(observer, 0, 0.0, test.metrics, data.split(TEST_ROLE))
+    rows, teacher = _build_rows(model, base_config, data, params, encoded.vectors, encoded.doc_ids, rng)
+    distill, why = _distillation_choice(teacher, data, params)
+    if distill:
+        rows["label"] = teacher  # [teacher(positive), teacher(negative_1), ...], the columns' order
+    return validation, test.per_query or {}, rows, why
+
+
+def _test_chosen(
+    model: SentenceTransformer,
+    config: EmbedderConfig,
+    data: PreparedData,
+    params: EmbedderParams,
+    best: BestModel,
+    last: dict[str, Any],
+    base_test: dict[str, dict[str, float]],
+    best_dir: Path,
+    device: str,
+    observer: TrainingObserver,
+) -> Verdict:
+    """The second and last touch of the test queries: the checkpoint validation chose, against the base."""
+    if best.best_step is None:
+        raise RuntimeError("training finished without an evaluated model to keep")
+    if last.get("step") == best.best_step:
+        chosen, encoded = model, last["encoded"]  # the model in memory is the chosen state
+    else:
+        chosen = load_embedder(str(best_dir), device)
+        _use(chosen, config)
+        encoded = encode_corpus(chosen, config, data.corpus)
+    test = evaluate_queries(chosen, config, encoded, data.eval_queries, data.eval_qrels)
+    _record(observer, best.best_step, 0.0, test.metrics, data.split(TEST_ROLE))
+    verdict = judge(base_test, test.per_query or {}, params.select_metric, data.split(TEST_ROLE), data.contaminated)
+    observer.on_message(f"chosen on validation: step {best.best_step}; {verdict.sentence()}")
+    return verdict
 
 
 def _build_rows(
@@ -182,6 +298,7 @@ def _build_rows(
     Also returns, per row, the teacher's scores of [positive, negative_1, ...] from the dataset, or
     None when one of them has no score (mined and random negatives never have one).
     """
+    excluded = judged_and_copies(data)
     mined: dict[str, list[str]] = {}
     needs_mining = params.train_group_size > 1 and (
         params.hard_negatives == "mine"
@@ -192,12 +309,13 @@ def _build_rows(
         train_ids = list(data.train_queries)
         query_vectors = encode_queries(model, config, [data.train_queries[q] for q in train_ids])
         mined = mine_negatives(
-            query_vectors, train_ids, corpus_vectors, doc_ids, data.train_qrels,
+            query_vectors, train_ids, corpus_vectors, doc_ids, excluded,
             tuple(params.negative_rank_range), params.train_group_size - 1, params.seed, params.negative_sampling,
         )  # fmt: skip
 
     rows: dict[str, list[Any]] = {"anchor": [], "positive": []}
     teacher: list[list[float] | None] = []
+    all_docs = list(data.corpus)  # listed once: per row it made building quadratic in the corpus size
     for i in range(params.train_group_size - 1):
         rows[f"negative_{i + 1}"] = []
     for qid, judged in data.train_qrels.items():
@@ -205,7 +323,7 @@ def _build_rows(
         for doc_id, grade in judged.items():
             if grade <= 0:
                 continue
-            negatives = _negatives_for(qid, data, mined, params, rng)
+            negatives = _negatives_for(qid, data, mined, params, rng, excluded[qid], all_docs)
             if len(negatives) < params.train_group_size - 1:
                 continue  # corpus too small to fill the group; a rare edge in toy data
             rows["anchor"].append(query)
@@ -232,6 +350,17 @@ def _distillation_choice(
         return False, f"{off} (the training data has no pos_scores / neg_scores)"
     if params.train_group_size < 2:
         return False, f"{off} (train_group_size 1: a group of one passage has nothing to distil)"
+    if not params.normalize:
+        return (
+            False,
+            f"{off} (the distillation term compares cosines; with normalize false the model serves dot products)",
+        )
+    if data.teacher_is_first_stage and params.knowledge_distillation == "auto":
+        return False, (
+            f"{off} (the teacher scores are a bi-encoder's cosines from a mine_negatives job: softmaxed at "
+            "teacher_temperature 1 they are nearly flat; set knowledge_distillation 'on' with a teacher_temperature "
+            "suited to them to distil anyway)"
+        )
     missing = sum(1 for t in teacher if t is None)
     if missing:
         return False, (

@@ -67,11 +67,11 @@ class EmbedderParams(TrainingParams):
     normalize: bool = True
     cached_loss: bool = Field(False, description="GradCache (CachedMultipleNegativesRankingLoss).")
     mini_batch_size: int = Field(32, ge=1, le=4096)
-    knowledge_distillation: Literal["auto", "off"] = Field(
+    knowledge_distillation: Literal["auto", "on", "off"] = Field(
         "auto",
         description="auto: add a KL term to the teacher's pos_scores/neg_scores when every training row has a "
-        "teacher score for its positive and each of its negatives (the negatives come from the dataset); "
-        "off: contrastive loss only.",
+        "teacher score for its positive and each of its negatives (the negatives come from the dataset), unless "
+        "the scores are a mine_negatives job's bi-encoder cosines; on: also then; off: contrastive loss only.",
     )
     distillation_weight: float = Field(
         1.0,
@@ -155,6 +155,9 @@ class RerankerParams(TrainingParams):
     def _check(self) -> RerankerParams:
         if self.mini_batch_size is not None and self.batch_size % self.mini_batch_size:
             raise ValueError("batch_size must be a multiple of mini_batch_size")
+        if self.loss == "bce" and self.first_stage_temperature is not None:
+            # bce's labels are grade > 0: the teacher's score added to grade 0 would make every passage a positive.
+            raise ValueError("first_stage_temperature grades listwise targets; loss 'bce' takes 0/1 labels only")
         return self
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.evaluation.retrieval import best_fusion_weight, evaluate_embedder, evaluate_reranker
+from app.evaluation.retrieval import best_fusion_weight, encode_corpus, evaluate_queries, evaluate_reranker
+from app.evaluation.verdict import Verdict, judge
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
 from app.retrieval.reranker import HEAD_PATTERN, load_reranker, untrained_head_weights
 from app.training.callbacks import BestModel, ObserverCallback
@@ -35,7 +37,7 @@ from app.training.checkpoints import (
     trainer_dir,
 )
 from app.training.common import TrainingOutcome, trainer_arguments
-from app.training.data import PreparedData, mine_scored_negatives
+from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_scored_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver
 from app.training.params import RerankerParams
 from app.training.pseudo_queries import PseudoQuery, cut_pseudo_queries
@@ -55,16 +57,46 @@ NEW_HEAD_LEARNING_RATE = 2e-3
 class FirstStage:
     """What the first-stage embedder gives a reranker job, from one corpus encoding."""
 
-    metrics: dict[str, float]  # on the held-out queries: the bar the reranker must beat
-    run: dict[str, dict[str, float]]  # held-out query -> its top recall_k candidates and scores
+    metrics: dict[str, float]  # on the validation queries: the bar the reranker must beat
+    run: dict[str, dict[str, float]]  # validation query -> its top candidates and scores
     negatives: dict[str, list[str]]  # training query -> unjudged candidates for its group
     scores: dict[str, dict[str, float]]  # training query -> passage -> first-stage score (the teacher)
     pseudo_queries: list[PseudoQuery]  # cut from the corpus (``pseudo_queries``); in negatives and scores too
+    test_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    test_run: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    test_per_query: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def is_collapsed(score_std: float, metric: float, first_stage_metric: float) -> bool:
     """The collapse watch's rule: no spread left in the scores, or far below the first stage."""
     return score_std < COLLAPSE_STD or metric < COLLAPSE_METRIC_RATIO * first_stage_metric
+
+
+@dataclass
+class _Run:
+    """One reranker job's state shared by its evaluations: the data, the first stage and what was chosen."""
+
+    data: PreparedData
+    params: RerankerParams
+    observer: TrainingObserver
+    candidate_config: EmbedderConfig
+    first_metrics: dict[str, float]
+    runs: dict[str, dict[str, dict[str, float]]]  # role -> the first stage's candidates
+    base_test: dict[str, dict[str, float]]
+    fusion_weights: dict[str, float]  # str(step) -> the weight used at that evaluation
+    best: BestModel
+    stop: Callable[[], None] = lambda: None
+
+    def weight_at(self, step: int | None) -> float:
+        if self.params.first_stage_weight != "auto":
+            return float(self.params.first_stage_weight)
+        return self.fusion_weights.get(str(step), 0.5)
+
+    def save(self, work_dir: Path) -> None:
+        RunState(
+            base_metrics=self.first_metrics, best_value=self.best.best_value, best_step=self.best.best_step,
+            fusion_weights=self.fusion_weights, base_test=self.base_test,
+        ).save(work_dir)  # fmt: skip
 
 
 def train_reranker(
@@ -79,32 +111,17 @@ def train_reranker(
 ) -> TrainingOutcome:
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
-    rng = random.Random(params.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     resume_from = last_checkpoint(work_dir)
     state = RunState.load(work_dir) if resume_from else None
     rows = load_rows(work_dir) if state else None
-    first_run = load_first_stage_run(work_dir) if state else None
-
-    if state is not None and rows is not None and first_run is not None and resume_from is not None:
-        # Resuming: the first stage was measured and the rows built by the first attempt.
-        first_metrics = state.base_metrics
-    else:
+    runs = load_first_stage_run(work_dir) if state else None
+    if state is None or rows is None or runs is None or resume_from is None:
         resume_from, state = None, None
-        first = _first_stage(data, params, device, candidate_path, candidate_config)
-        first_metrics, first_run = first.metrics, first.run
-        save_first_stage_run(work_dir, first_run)
-        rows = _training_rows(
-            with_pseudo_queries(data, first.pseudo_queries),
-            params,
-            first.negatives,
-            candidate_config,
-            rng,
-            first.scores,
-        )
-        save_rows(work_dir, rows)
-        for name, value in first_metrics.items():
-            observer.on_metric(0, 0.0, name, value, f"{data.eval_label}/first_stage")
+        rows, runs, first_metrics, base_test = _start(data, params, device, candidate_path, candidate_config,
+                                                      observer, work_dir)  # fmt: skip
+    else:  # resuming: the first stage was measured and the rows built by the first attempt
+        first_metrics, base_test = state.base_metrics, state.base_test
 
     new_head = bool(untrained_head_weights(base_path))
     from transformers import set_seed
@@ -113,55 +130,15 @@ def train_reranker(
     model = load_reranker(base_path, device, params.max_length)
     best_dir = work_dir / "best"
     best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))
-    # The first stage is the bar: the reranker must beat retrieval without it.
-    best.base_value = first_metrics[params.select_metric]
-
-    auto_weight = params.first_stage_weight == "auto"
-    fusion_weights = dict(state.fusion_weights) if state is not None else {}  # str(step) -> w
+    best.base_value = first_metrics[params.select_metric]  # the first stage alone is the bar
+    run = _Run(data, params, observer, candidate_config, first_metrics, runs, base_test,
+               dict(state.fusion_weights) if state is not None else {}, best)  # fmt: skip
 
     def evaluate(step: int, epoch: float) -> None:
-        weight = 0.0 if auto_weight else float(params.first_stage_weight)
-        result = evaluate_reranker(
-            model, first_run, data.corpus, data.eval_queries, data.eval_qrels, params.recall_k,
-            candidate_config.format_query, weight,
-        )  # fmt: skip
-        fused_metrics = result.fused_metrics
-        if auto_weight:  # the same logits, fused at every grid weight: no extra model call
-            weight, fused_metrics = best_fusion_weight(
-                first_run, result.run, data.eval_qrels, params.recall_k, params.select_metric
-            )
-        fusion_weights[str(step)] = weight
-        for name, value in result.metrics.items():
-            observer.on_metric(step, epoch, name, value, data.eval_label)
-        # What search will serve: the fused order when the model keeps a first-stage weight.
-        served = fused_metrics if fused_metrics is not None else result.metrics
-        for name, value in (fused_metrics or {}).items():
-            observer.on_metric(step, epoch, name, value, f"{data.eval_label}/fused")
-        if fused_metrics is not None:
-            observer.on_metric(step, epoch, "first_stage_weight", weight, f"{data.eval_label}/fused")
-        observer.on_metric(step, epoch, "score_std", result.score_std, data.eval_label)
-        observer.on_metric(step, epoch, "positive_share", result.positive_share, data.eval_label)
-        collapsed = step > 0 and is_collapsed(
-            result.score_std, result.metrics[params.select_metric], first_metrics[params.select_metric]
-        )
-        observer.on_metric(step, epoch, "collapsed", float(collapsed), data.eval_label)
-        if collapsed:
-            observer.on_message(
-                f"collapse warning at step {step}: score spread {result.score_std:.4f}, "
-                f"{params.select_metric} {result.metrics[params.select_metric]:.4f} "
-                f"vs first stage {first_metrics[params.select_metric]:.4f}"
-                + ("; training stopped (stop_on_collapse)" if params.stop_on_collapse else "")
-            )
-            if params.stop_on_collapse:
-                callback.stop_requested = True
-        if step > 0:
-            best.offer(step, served)
-        RunState(
-            base_metrics=first_metrics, best_value=best.best_value, best_step=best.best_step,
-            fusion_weights=fusion_weights,
-        ).save(work_dir)  # fmt: skip
+        _evaluate_on_validation(model, run, step, epoch)
+        run.save(work_dir)
 
-    if state is not None and resume_from is not None:  # resuming (both were reset otherwise)
+    if state is not None and resume_from is not None:
         best.best_value, best.best_step = state.best_value, state.best_step
         observer.on_resume(checkpoint_step(resume_from))
         observer.on_message(f"resumed from checkpoint at step {checkpoint_step(resume_from)}")
@@ -179,6 +156,7 @@ def train_reranker(
         learning_rate_mapping={HEAD_PATTERN: head_learning_rate(params, new_head)},
     )
     callback = ObserverCallback(observer, evaluate, params.eval_steps)
+    run.stop = lambda: setattr(callback, "stop_requested", True)
     trainer = CrossEncoderTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=_loss(params, model), callbacks=[callback]
     )
@@ -187,24 +165,110 @@ def train_reranker(
         raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}")
     if callback.last_evaluated_step != trainer.state.global_step:
         evaluate(trainer.state.global_step, float(trainer.state.epoch or 0.0))
-
+    if best.best_step is None:
+        raise RuntimeError("training finished without an evaluated model to keep")
+    chosen = model if best.best_step == trainer.state.global_step else load_reranker(str(best_dir), device)
+    verdict = _test_chosen(chosen, run)
     return TrainingOutcome(
         model_dir=best_dir,
         config={
             "max_length": params.max_length,
             "candidate_model": params.candidate_model,
             "loss": params.loss,
-            # auto: the weight chosen at the best step (the one search will use with this model)
-            "first_stage_weight": fusion_weights.get(str(best.best_step), 0.5)
-            if auto_weight
-            else params.first_stage_weight,
+            # auto: the weight chosen (on validation) at the best step: the one search will use with this model
+            "first_stage_weight": run.weight_at(best.best_step),
         },
-        better_than_base=best.better_than_base,
+        better_than_base=verdict.result == "better",
         base_value=best.base_value,
         best_value=best.best_value,
         best_step=best.best_step,
         metric=params.select_metric,
+        verdict=verdict,
     )
+
+
+def _start(
+    data: PreparedData,
+    params: RerankerParams,
+    device: str,
+    candidate_path: str,
+    candidate_config: EmbedderConfig,
+    observer: TrainingObserver,
+    work_dir: Path,
+) -> tuple[dict[str, list[Any]], dict[str, dict[str, dict[str, float]]], dict[str, float], dict]:
+    """A first attempt: the first stage on validation and test (the base: measured once here), the rows."""
+    first = _first_stage(data, params, device, candidate_path, candidate_config)
+    runs = {VALIDATION_ROLE: first.run, TEST_ROLE: first.test_run}
+    save_first_stage_run(work_dir, runs)
+    rows = _training_rows(
+        with_pseudo_queries(data, first.pseudo_queries), params, first.negatives, candidate_config,
+        random.Random(params.seed), first.scores,
+    )  # fmt: skip
+    save_rows(work_dir, rows)
+    for role, metrics in ((VALIDATION_ROLE, first.metrics), (TEST_ROLE, first.test_metrics)):
+        for name, value in metrics.items():
+            observer.on_metric(0, 0.0, name, value, data.split(role, "/first_stage"))
+    return rows, runs, first.metrics, first.test_per_query
+
+
+def _evaluate_on_validation(model: CrossEncoder, run: _Run, step: int, epoch: float) -> None:
+    """Every choice is made here, on validation: the fusion weight ('auto'), collapse, the best checkpoint."""
+    data, params, observer = run.data, run.params, run.observer
+    auto = params.first_stage_weight == "auto"
+    result = evaluate_reranker(
+        model, run.runs[VALIDATION_ROLE], data.corpus, data.validation_queries, data.validation_qrels,
+        params.recall_k, run.candidate_config.format_query, 0.0 if auto else float(params.first_stage_weight),
+    )  # fmt: skip
+    weight, fused_metrics = run.weight_at(None), result.fused_metrics
+    if auto:  # the same logits, fused at every grid weight: no extra model call
+        weight, fused_metrics = best_fusion_weight(
+            run.runs[VALIDATION_ROLE], result.run, data.validation_qrels, params.recall_k, params.select_metric
+        )
+    run.fusion_weights[str(step)] = weight
+    split = data.split(VALIDATION_ROLE)
+    for name, value in result.metrics.items():
+        observer.on_metric(step, epoch, name, value, split)
+    for name, value in (fused_metrics or {}).items():
+        observer.on_metric(step, epoch, name, value, data.split(VALIDATION_ROLE, "/fused"))
+    if fused_metrics is not None:
+        observer.on_metric(step, epoch, "first_stage_weight", weight, data.split(VALIDATION_ROLE, "/fused"))
+    observer.on_metric(step, epoch, "score_std", result.score_std, split)
+    observer.on_metric(step, epoch, "positive_share", result.positive_share, split)
+    _watch_collapse(run, step, epoch, result.score_std, result.metrics[params.select_metric])
+    if step > 0:  # what search will serve: the fused order when the model keeps a first-stage weight
+        run.best.offer(step, fused_metrics if fused_metrics is not None else result.metrics)
+
+
+def _watch_collapse(run: _Run, step: int, epoch: float, score_std: float, metric: float) -> None:
+    params, bar = run.params, run.first_metrics[run.params.select_metric]
+    collapsed = step > 0 and is_collapsed(score_std, metric, bar)
+    run.observer.on_metric(step, epoch, "collapsed", float(collapsed), run.data.split(VALIDATION_ROLE))
+    if collapsed:
+        run.observer.on_message(
+            f"collapse warning at step {step}: score spread {score_std:.4f}, {params.select_metric} {metric:.4f} "
+            f"vs first stage {bar:.4f}" + ("; training stopped (stop_on_collapse)" if params.stop_on_collapse else "")
+        )
+        if params.stop_on_collapse:
+            run.stop()
+
+
+def _test_chosen(model: CrossEncoder, run: _Run) -> Verdict:
+    """The second and last touch of the test queries: the chosen checkpoint, served as search serves it,
+    against the first stage alone (the base, measured at step 0)."""
+    data, params, step = run.data, run.params, run.best.best_step or 0
+    weight = run.weight_at(step)
+    result = evaluate_reranker(
+        model, run.runs[TEST_ROLE], data.corpus, data.eval_queries, data.eval_qrels, params.recall_k,
+        run.candidate_config.format_query, weight,
+    )  # fmt: skip
+    for name, value in result.metrics.items():
+        run.observer.on_metric(step, 0.0, name, value, data.split(TEST_ROLE))
+    for name, value in (result.fused_metrics or {}).items():
+        run.observer.on_metric(step, 0.0, name, value, data.split(TEST_ROLE, "/fused"))
+    served = result.served(data.eval_qrels)
+    verdict = judge(run.base_test, served, params.select_metric, data.split(TEST_ROLE), data.contaminated)
+    run.observer.on_message(f"chosen on validation: step {step} (first_stage_weight {weight:g}); {verdict.sentence()}")
+    return verdict
 
 
 def _batching(params: RerankerParams, rows: dict[str, list[Any]]) -> dict[str, int]:
@@ -243,14 +307,18 @@ def _first_stage(
     """One corpus encoding gives the evaluation candidates (and their metrics), the training negatives
     and the first stage's scores of the training passages (the teacher, for ``first_stage_temperature``)."""
     embedder = load_embedder(candidate_path, device, candidate_config.max_seq_length)
-    first = evaluate_embedder(
-        embedder, candidate_config, data.corpus, data.eval_queries, data.eval_qrels, top_k=params.recall_k
+    encoded = encode_corpus(embedder, candidate_config, data.corpus)
+    # At least 100 candidates, so recall@100 is recall at 100 (the reranker reorders the top recall_k).
+    depth = max(params.recall_k, 100)
+    first = evaluate_queries(
+        embedder, candidate_config, encoded, data.validation_queries, data.validation_qrels, top_k=depth
     )
+    test = evaluate_queries(embedder, candidate_config, encoded, data.eval_queries, data.eval_qrels, top_k=depth)
     train_ids = list(data.train_queries)
     query_vectors = encode_queries(embedder, candidate_config, [data.train_queries[q] for q in train_ids])
     candidate_ranks = (0, max(params.group_size * 4, 30))  # where a group's unjudged passages are drawn from
     mined = mine_scored_negatives(
-        query_vectors, train_ids, first.corpus_vectors, first.doc_ids, data.train_qrels,
+        query_vectors, train_ids, first.corpus_vectors, first.doc_ids, judged_and_copies(data),
         candidate_ranks, params.group_size, params.seed,
     )  # fmt: skip
     # The first stage's score of every passage a training group can hold: mined and judged.
@@ -273,7 +341,9 @@ def _first_stage(
                 p.positive.id: float(vector @ first.corpus_vectors[row_of[p.source_doc]])
             }
     negatives = {qid: [d for d, _ in pairs] for qid, pairs in mined.items()}
-    return FirstStage(first.metrics, first.run, negatives, teacher, pseudo)
+    return FirstStage(
+        first.metrics, first.run, negatives, teacher, pseudo, test.metrics, test.run, test.per_query or {}
+    )
 
 
 def with_pseudo_queries(data: PreparedData, pseudo: list[PseudoQuery]) -> PreparedData:

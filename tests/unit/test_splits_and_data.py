@@ -117,11 +117,13 @@ def test_prepare_with_named_split_never_trains_on_eval_queries(beir_dir: Path):
     # t4 has no relevant document, so it cannot be a training query.
     assert "t4" not in data.train_qrels
 
-    assert data.train_qrels == {"t1": {"d1": 2, "d6": 0}, "t2": {"d2": 1}}
-    assert data.train_queries == {"t1": "What is TF-IDF?", "t2": "dense retrieval"}
+    # The training candidates are split between training and validation (here one each), disjoint.
+    assert len(data.validation_qrels) == 1 and set(data.train_qrels).isdisjoint(data.validation_qrels)
+    assert data.train_qrels | data.validation_qrels == {"t1": {"d1": 2, "d6": 0}, "t2": {"d2": 1}}
+    assert data.train_queries | data.validation_queries == {"t1": "What is TF-IDF?", "t2": "dense retrieval"}
     assert set(data.corpus) == {"d1", "d2", "d3", "d4", "d5", "d6"}
     assert data.corpus["d3"] == Document(id="d3", title="title d3", text="text of d3")
-    assert data.grades == [0, 1, 2]
+    assert data.grades == sorted({g for judged in data.train_qrels.values() for g in judged.values()})
     assert data.dataset_negatives == {}
 
 
@@ -171,7 +173,13 @@ def test_prepare_with_holdout_fraction(beir_many: Path):
     # Every other query is trained on unless its text repeats a held-out one.
     eval_texts = {norm_text(MANY_QUERIES[q]) for q in held}
     expected_train = {q for q in MANY_QUERIES if q not in held and norm_text(MANY_QUERIES[q]) not in eval_texts}
-    assert set(data.train_qrels) == expected_train
+    # ... and a training query whose text repeats a validation query's is dropped too.
+    validation_texts = {norm_text(MANY_QUERIES[q]) for q in data.validation_qrels}
+    expected_train = {
+        q for q in expected_train if q in data.validation_qrels or norm_text(MANY_QUERIES[q]) not in validation_texts
+    }
+    assert set(data.train_qrels) | set(data.validation_qrels) == expected_train
+    assert set(data.train_qrels).isdisjoint(data.validation_qrels)
 
 
 def test_prepare_holdout_drops_text_duplicates_of_heldout_queries(beir_many: Path):
@@ -221,7 +229,7 @@ def test_prepare_training_jsonl_negatives(jsonl_dir: Path, seed: int):
     data = prepare(jsonl_dir, "training_jsonl", EvalSpec(holdout_fraction=0.25, seed=seed))
     text_of = {did: doc.text for did, doc in data.corpus.items()}
     assert set(data.train_qrels).isdisjoint(data.eval_qrels)
-    assert len(data.train_qrels) + len(data.eval_qrels) == 9  # "question 0" is one query, merged
+    assert len(data.train_qrels) + len(data.validation_qrels) + len(data.eval_qrels) == 9  # "question 0": one query
     assert data.dataset_negatives, "some training query must keep its negatives"
     assert set(data.dataset_negatives) <= set(data.train_qrels)
 
@@ -362,3 +370,50 @@ def test_eval_sampling_keeps_judged_docs_and_is_deterministic(tmp_path: Path) ->
         list(again.corpus),
     )
     assert data.eval_label == "test/q4/corpus40"
+
+
+def test_three_roles_are_disjoint_by_id_and_text(beir_many: Path):
+    """Validation is carved from the training queries (10%, at least 20, at most half); no text is in two roles."""
+    for seed in range(8):
+        data = prepare(beir_many, "beir", EvalSpec(holdout_fraction=0.25, seed=seed))
+        roles = [data.train_queries, data.validation_queries, data.eval_queries]
+        assert all(roles), seed
+        for i, a in enumerate(roles):
+            for b in roles[i + 1 :]:
+                assert set(a).isdisjoint(b)
+                assert {norm_text(t) for t in a.values()}.isdisjoint(norm_text(t) for t in b.values()), seed
+        # Half of what was left for training at most (here 20 - 5 held out, less text duplicates).
+        assert len(data.validation_qrels) <= (len(data.validation_qrels) + len(data.train_qrels) + 1) // 2
+    again = prepare(beir_many, "beir", EvalSpec(holdout_fraction=0.25, seed=3))
+    assert (
+        again.validation_qrels == prepare(beir_many, "beir", EvalSpec(holdout_fraction=0.25, seed=3)).validation_qrels
+    )
+
+
+def test_a_named_validation_split_is_used_and_kept_apart(tmp_path: Path):
+    queries = {f"q{i}": f"question {i}" for i in range(12)}
+    rs = RetrievalSet(
+        corpus=docs(*(f"d{i}" for i in range(12))),
+        queries=queries,
+        qrels={
+            "train": {f"q{i}": {f"d{i}": 1} for i in range(8)},
+            "dev": {f"q{i}": {f"d{i}": 1} for i in (7, 8, 9)},  # q7 is also a training query: validation wins
+            "test": {f"q{i}": {f"d{i}": 1} for i in (10, 11)},
+        },
+    )
+    write_retrieval_set(rs, tmp_path / "b")
+    data = prepare(tmp_path / "b", "beir", EvalSpec(split="test", validation_split="dev"))
+    assert sorted(data.validation_qrels) == ["q7", "q8", "q9"] and data.validation_label == "dev"
+    assert sorted(data.train_qrels) == [f"q{i}" for i in range(7)]
+    with pytest.raises(ValueError, match="validation split"):
+        prepare(tmp_path / "b", "beir", EvalSpec(split="test", validation_split="test"))
+
+
+def test_a_file_with_one_prompt_gives_the_query_instruction_and_mixed_prompts_are_refused(tmp_path: Path):
+    same = [TrainingExample(query=f"q {i}", pos=[f"a {i}"], neg=[], prompt="Represent: ") for i in range(6)]
+    write_training_examples(same, tmp_path / "same")
+    assert prepare(tmp_path / "same", "training_jsonl", EvalSpec(holdout_fraction=0.2)).query_prompt == "Represent: "
+    mixed = [*same, TrainingExample(query="other", pos=["x"], neg=[], prompt="Query: ")]
+    write_training_examples(mixed, tmp_path / "mixed")
+    with pytest.raises(ValueError, match="2 different 'prompt' values"):
+        prepare(tmp_path / "mixed", "training_jsonl", EvalSpec(holdout_fraction=0.2))

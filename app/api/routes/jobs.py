@@ -12,22 +12,16 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 def _out(db: Session, job: Job) -> JobOut:
     out = JobOut.model_validate(job)
     if job.model_id and (model := db.get(Model, job.model_id)) is not None:
-        out.better_than_base = model.better_than_base
+        out.better_than_base, out.verdict = model.better_than_base, model.verdict
     return out
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, dependencies=[WriteAccess])
 def create_job(body: JobIn, db: DbSession, settings: SettingsDep) -> JobOut:
-    job = jobs.create_job(
-        db,
-        settings,
-        body.kind,
-        body.dataset_id,
-        body.base_model,
-        # Only what the client sent: a mine_negatives job refuses any eval field, even the default seed.
-        body.eval.model_dump(exclude_none=True, exclude_unset=True),
-        body.params,
-    )
+    # Only what the client sent: a mine_negatives job refuses any eval field, even the default seed.
+    spec = body.eval.model_dump(exclude_none=True, exclude_unset=True)
+    allow_overlap = bool(spec.pop("allow_overlap", False))
+    job = jobs.create_job(db, settings, body.kind, body.dataset_id, body.base_model, spec, body.params, allow_overlap)
     return _out(db, job)
 
 
