@@ -62,17 +62,25 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     assert any(status == "running" and 0 < n < final_count for status, n in seen), seen
     last_step = max(p["step"] for p in points)
     assert last_step == job["total_steps"] > 0
+    # Choices on validation (step 0 and the end); test only for the base and the chosen model.
     for step in (0, last_step):
-        names = {p["name"] for p in points if p["step"] == step and p["split"] == "test"}
+        names = {p["name"] for p in points if p["step"] == step and p["split"] == "validation"}
         assert names >= HEADLINE, (step, names)
+    test_steps = sorted({p["step"] for p in points if p["split"] == "test" and p["name"] == "ndcg@10"})
+    assert len(test_steps) == 2 and test_steps[0] == 0, test_steps
     assert sum(p["name"] == "loss" for p in points) == last_step  # logging_steps=1
 
     model_id = job["model_id"]
     models = {m["id"]: m for m in client.get("/models").json()}
     assert models[model_id]["kind"] == "embedder"
     assert models[model_id]["job_id"] == job["id"]
-    assert isinstance(models[model_id]["better_than_base"], bool)
-    assert job["better_than_base"] == models[model_id]["better_than_base"]
+    verdict = models[model_id]["verdict"]
+    assert verdict["result"] in {"better", "not_better", "worse"} and verdict["queries"] == 20
+    assert verdict["ci_low"] <= verdict["delta"] <= verdict["ci_high"]
+    assert models[model_id]["better_than_base"] == (verdict["result"] == "better")
+    assert job["verdict"] == verdict and job["better_than_base"] == models[model_id]["better_than_base"]
+
+    _chained_job_evaluating_on_trained_queries_is_refused(service, dataset["id"], model_id)
 
     index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": model_id})
     assert index.status_code == 202, index.text
@@ -161,10 +169,10 @@ def _chained_reranker_starts_where_the_first_ended(
     fused = {
         p["step"]: p["value"]
         for p in first_points
-        if p["split"] == "test/fused" and p["name"] == "ndcg@10" and p["step"] > 0
+        if p["split"] == "validation/fused" and p["name"] == "ndcg@10" and p["step"] > 0
     }
     best_step = max(fused, key=lambda step: (fused[step], -step))  # BestModel keeps the first best
-    first_best = {p["name"]: p["value"] for p in first_points if p["step"] == best_step and p["split"] == "test"}
+    first_best = {p["name"]: p["value"] for p in first_points if p["step"] == best_step and p["split"] == "validation"}
 
     chained = service.client.post(
         "/jobs",
@@ -181,9 +189,31 @@ def _chained_reranker_starts_where_the_first_ended(
     assert job["status"] == "succeeded", (job, service.log_tail())
     assert job["base_model"] == reranker_id
     points = service.client.get(f"/jobs/{job['id']}/metrics").json()["points"]
-    step0 = {p["name"]: p["value"] for p in points if p["step"] == 0 and p["split"] == "test"}
+    step0 = {p["name"]: p["value"] for p in points if p["step"] == 0 and p["split"] == "validation"}
     for name in (*sorted(HEADLINE), "score_std"):
         assert step0[name] == pytest.approx(first_best[name], abs=1e-6), (name, step0, first_best)
+
+
+def _chained_job_evaluating_on_trained_queries_is_refused(service: Service, dataset_id: str, model_id: str) -> None:
+    """The fine-tuned model trained on this dataset's training queries: a job starting from it that holds
+    some of those queries out as test queries would report on what the model has learnt."""
+    body = {"kind": "embedder", "dataset_id": dataset_id, "base_model": model_id, "eval": {"holdout_fraction": 0.5},
+            "params": TINY_EMBEDDER}  # fmt: skip
+    refused = service.client.post("/jobs", json=body)
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert f"base_model '{model_id}' was trained on" in detail and "allow_overlap" in detail
+    count = int(detail.split("was trained on ")[1].split()[0])
+    assert count > 0
+    allowed = service.client.post("/jobs", json=body | {"eval": {"holdout_fraction": 0.5, "allow_overlap": True}})
+    assert allowed.status_code == 202, allowed.text
+    assert allowed.json()["eval"]["contaminated"] is True
+    service.client.post(f"/jobs/{allowed.json()['id']}/cancel")  # its metrics' labels are a unit test's concern
+    # The official test split was never trained on: no refusal.
+    clean = service.client.post("/jobs", json=body | {"eval": {"split": "test"}})
+    assert clean.status_code == 202, clean.text
+    assert "contaminated" not in clean.json()["eval"]
+    service.client.post(f"/jobs/{clean.json()['id']}/cancel")
 
 
 def recalled_ids(client: httpx.Client, body: dict) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing
 from tests.integration.conftest import (
     Service,
     drop_pg_database,
@@ -182,7 +183,7 @@ def test_redis_restart_with_idle_worker_and_with_a_queued_job(
     tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes
 ) -> None:
     if not shutil.which("redis-server") or not pg_env["RETUNE_BROKER_URL"].startswith("redis://127.0.0.1:6379"):
-        pytest.skip("needs the machine's own Redis on 127.0.0.1:6379 to restart")
+        missing("needs the machine's own Redis on 127.0.0.1:6379 to restart")
     env = pg_env | {"RETUNE_DATA_DIR": str(tmp_path / "data"), "RETUNE_REDISPATCH_SECONDS": "3",
                     "RETUNE_RECOVERY_INTERVAL_SECONDS": "2"}  # fmt: skip
     proc, service = start_service("postgres", tmp_path, env, api_only=True)

@@ -29,3 +29,15 @@ def test_freed_heap_of_a_finished_thread_is_returned():
     before = rss_mb()
     release_freed_memory()
     assert before - rss_mb() > 300, (before, rss_mb())
+
+
+def test_the_worker_hands_memory_back_after_every_task(monkeypatch):
+    """The hook that calls release_freed_memory is connected to Celery's task_postrun, and calls it."""
+    from celery.signals import task_postrun
+
+    import worker.tasks
+
+    calls: list[int] = []
+    monkeypatch.setattr("app.retrieval.device.release_freed_memory", lambda: calls.append(1))
+    task_postrun.send(sender=worker.tasks.run_job, task_id="t", task=worker.tasks.run_job, args=(), kwargs={})
+    assert calls == [1]

@@ -61,3 +61,12 @@ def test_a_short_job_chooses_on_validation_and_touches_test_twice(scifact_slice,
     step0 = {n: v for s, n, v, sp in observer.metrics if s == 0 and sp == "validation"}
     assert step0["ndcg@10"] == pytest.approx(as_used.metrics["ndcg@10"], abs=1e-9)
     assert outcome.config["query_instruction"] == ""  # the job trains and serves its own configuration
+
+
+def test_a_job_that_changes_nothing_is_not_better(scifact_slice, tmp_path):
+    """A learning rate too small to move any weight: the chosen model ranks as the base does."""
+    data = prepare(scifact_slice, "beir", EvalSpec(split="test"))
+    params = EmbedderParams(max_steps=1, batch_size=4, passage_max_len=64, learning_rate=1e-12, seed=1)
+    outcome = train_embedder(bundled_model_path(), data, params, tmp_path, RecordingObserver(), "cpu")
+    assert outcome.verdict is not None and outcome.verdict.result == "not_better"
+    assert outcome.verdict.delta == pytest.approx(0.0, abs=1e-9) and not outcome.better_than_base

@@ -417,3 +417,11 @@ def test_a_file_with_one_prompt_gives_the_query_instruction_and_mixed_prompts_ar
     write_training_examples(mixed, tmp_path / "mixed")
     with pytest.raises(ValueError, match="2 different 'prompt' values"):
         prepare(tmp_path / "mixed", "training_jsonl", EvalSpec(holdout_fraction=0.2))
+
+
+def test_a_contaminated_evaluation_labels_every_split(beir_many: Path):
+    clean = prepare(beir_many, "beir", EvalSpec(holdout_fraction=0.25))
+    flagged = prepare(beir_many, "beir", EvalSpec(holdout_fraction=0.25, contaminated=True))
+    assert clean.split("test") == "test" and clean.split("validation", "/fused") == "validation/fused"
+    assert flagged.split("test") == "test:contaminated"
+    assert flagged.split("validation", "/fused") == "validation/fused:contaminated"
