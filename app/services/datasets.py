@@ -114,7 +114,7 @@ def create_dataset(session: Session, settings: Settings, source: BinaryIO, filen
 
 
 def store_training_examples(
-    settings: Settings, examples: list[TrainingExample], source: str
+    settings: Settings, examples: list[TrainingExample], source: str, source_query_ids: dict[str, str] | None = None
 ) -> tuple[str, dict[str, Any]]:
     """Publish the files of a training_jsonl dataset the service made itself (mined negatives).
 
@@ -128,8 +128,10 @@ def store_training_examples(
         write_training_examples(examples, out)
         stored = read_training_examples(out)
         stats = training_examples_to_retrieval_set(stored).stats() | {"examples": len(stored)}
+        # The source dataset's query ids by query text: the file itself stores texts only.
         (out / "dataset.json").write_text(json.dumps(
-            {"format": "training_jsonl", "source": source, "teacher_scores": MINED_TEACHER}
+            {"format": "training_jsonl", "source": source, "teacher_scores": MINED_TEACHER,
+             "source_query_ids": source_query_ids or {}}
         ))  # fmt: skip
         dataset_id = new_id()
         shutil.move(str(out), storage.absolute(settings, storage.dataset_rel(dataset_id)))

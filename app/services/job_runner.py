@@ -322,7 +322,8 @@ def _mine_into_dataset(
     outcome = mine_hard_negatives(data, model, base_config, params, observer)
     del model
     source = f"job {job.id}: dataset {job.dataset_id}, negatives mined with {job.base_model}"
-    dataset_id, stats = store_training_examples(settings, outcome.examples, source)
+    source_ids = {text: qid for qid, text in data.train_queries.items()}
+    dataset_id, stats = store_training_examples(settings, outcome.examples, source, source_ids)
     try:
         with session_scope() as s:
             s.add(

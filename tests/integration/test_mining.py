@@ -58,6 +58,11 @@ def test_mine_negatives_job_writes_a_training_dataset_that_trains(service: Servi
         assert len(row["neg"]) == len(row["neg_scores"]) == 2
         assert len(row["pos"]) == len(row["pos_scores"]) >= 1
         assert not set(row["neg"]) & set(row["pos"])
+    # The mined file keeps where its queries came from: the source's query ids by text.
+    written = json.loads((service.data_dir / "datasets" / mined["id"] / "dataset.json").read_text())
+    assert written["teacher_scores"] == "first_stage_cosine"
+    assert len(written["source_query_ids"]) == train_queries
+    assert {json.loads(line)["query"] for line in lines} == set(written["source_query_ids"])
 
     trained = client.post(
         "/jobs",
@@ -65,14 +70,14 @@ def test_mine_negatives_job_writes_a_training_dataset_that_trains(service: Servi
             "kind": "embedder",
             "dataset_id": mined["id"],
             "eval": {"holdout_fraction": 0.25},
-            "params": TINY_EMBEDDER,
+            # Asked for: by default ("auto") a mine_negatives file's cosines are not distilled (nearly flat).
+            "params": {**TINY_EMBEDDER, "knowledge_distillation": "on"},
         },
     )
     assert trained.status_code == 202, trained.text
     trained = service.wait_for(f"/jobs/{trained.json()['id']}", job_finished, timeout=240)
     assert trained["status"] == "succeeded", (trained, service.log_tail())
     assert trained["step"] == 2 and trained["model_id"]
-    # The mined scores are teacher scores for every row: the default ("auto") distils from them.
     assert "knowledge distillation: on" in trained["message"], trained["message"]
     names = {p["name"] for p in client.get(f"/jobs/{trained['id']}/metrics").json()["points"]}
     assert {"loss", "ndcg@10"} <= names

@@ -271,7 +271,12 @@ def test_distillation_choice_says_which_loss_and_why():
         ([None, None], replace(data, teacher_scores={}), EmbedderParams(), "no pos_scores"),
         (partial, data, EmbedderParams(), "1 of 2 training rows lack a teacher score"),
         ([[5.0], [5.0]], data, EmbedderParams(train_group_size=1), "train_group_size 1"),
+        (complete, replace(data, teacher_is_first_stage=True), EmbedderParams(), "mine_negatives"),
+        (complete, data, EmbedderParams(normalize=False), "normalize false"),
     ]:
         on, note = _distillation_choice(rows, d, params)
         assert not on and note.startswith("knowledge distillation: off, loss MultipleNegativesRankingLoss"), note
         assert why in note, note
+    # Asked for explicitly, a mine_negatives file's cosines are distilled.
+    assert _distillation_choice(complete, replace(data, teacher_is_first_stage=True),
+                                EmbedderParams(knowledge_distillation="on"))[0]  # fmt: skip
