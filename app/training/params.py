@@ -147,6 +147,20 @@ class RerankerParams(TrainingParams):
         "checkpoint by it; the model keeps w for search. 0: the reranker's order alone. 'auto': at each evaluation "
         "the weight of 0, 0.1, ..., 1 that scores best on the evaluation queries by select_metric.",
     )
+    negative_rank_range: list[int] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="First-stage ranks [lo, hi) a group's unjudged passages are drawn from; default [0, max(4 x "
+        "group_size, 30)). Search reranks the top recall_k: [0, recall_k) trains on the depth it serves.",
+    )
+    false_negative_margin: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="Leave out a candidate scoring above (the query's lowest positive's first-stage score - margin) "
+        "as a likely unjudged positive; null keeps them.",
+    )
     stop_on_collapse: bool = Field(
         False, description="End training at the first evaluation the collapse watch flags (it is flagged either way)."
     )
@@ -155,6 +169,8 @@ class RerankerParams(TrainingParams):
     def _check(self) -> RerankerParams:
         if self.mini_batch_size is not None and self.batch_size % self.mini_batch_size:
             raise ValueError("batch_size must be a multiple of mini_batch_size")
+        if self.negative_rank_range is not None and not 0 <= self.negative_rank_range[0] < self.negative_rank_range[1]:
+            raise ValueError("negative_rank_range must be (lo, hi) with 0 <= lo < hi")
         if self.loss == "bce" and self.first_stage_temperature is not None:
             # bce's labels are grade > 0: the teacher's score added to grade 0 would make every passage a positive.
             raise ValueError("first_stage_temperature grades listwise targets; loss 'bce' takes 0/1 labels only")

@@ -316,10 +316,11 @@ def _first_stage(
     test = evaluate_queries(embedder, candidate_config, encoded, data.eval_queries, data.eval_qrels, top_k=depth)
     train_ids = list(data.train_queries)
     query_vectors = encode_queries(embedder, candidate_config, [data.train_queries[q] for q in train_ids])
-    candidate_ranks = (0, max(params.group_size * 4, 30))  # where a group's unjudged passages are drawn from
+    candidate_ranks = negative_ranks(params)  # where a group's unjudged passages are drawn from
     mined = mine_scored_negatives(
         query_vectors, train_ids, first.corpus_vectors, first.doc_ids, judged_and_copies(data),
         candidate_ranks, params.group_size, params.seed,
+        max_score=_false_negative_ceilings(query_vectors, train_ids, first, data, params.false_negative_margin),
     )  # fmt: skip
     # The first stage's score of every passage a training group can hold: mined and judged.
     row_of = {doc: row for row, doc in enumerate(first.doc_ids)}
@@ -344,6 +345,30 @@ def _first_stage(
     return FirstStage(
         first.metrics, first.run, negatives, teacher, pseudo, test.metrics, test.run, test.per_query or {}
     )
+
+
+def negative_ranks(params: RerankerParams) -> tuple[int, int]:
+    """``negative_rank_range``, else the first stage's ranks [0, max(4 x group_size, 30))."""
+    if params.negative_rank_range is not None:
+        return params.negative_rank_range[0], params.negative_rank_range[1]
+    return 0, max(params.group_size * 4, 30)
+
+
+def _false_negative_ceilings(
+    query_vectors: Any, train_ids: list[str], first: Any, data: PreparedData, margin: float | None
+) -> dict[str, float] | None:
+    """Per query, the lowest first-stage score of its positives minus ``margin``: a candidate above it is
+    more likely an unjudged positive than a negative (the same rule as ``mine_negatives``)."""
+    if margin is None:
+        return None
+    row_of = {doc: row for row, doc in enumerate(first.doc_ids)}
+    ceilings = {}
+    for qid, vector in zip(train_ids, query_vectors, strict=True):
+        scores = [float(vector @ first.corpus_vectors[row_of[d]]) for d, g in data.train_qrels[qid].items()
+                  if g > 0 and d in row_of]  # fmt: skip
+        if scores:
+            ceilings[qid] = min(scores) - margin
+    return ceilings
 
 
 def with_pseudo_queries(data: PreparedData, pseudo: list[PseudoQuery]) -> PreparedData:

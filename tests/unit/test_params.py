@@ -107,3 +107,15 @@ def test_out_of_range_values_rejected(cls, field, value):
 @pytest.mark.parametrize("weight", [0, 0.3, 1, "auto"])
 def test_first_stage_weight_is_a_weight_or_auto(weight):
     assert RerankerParams.model_validate({"first_stage_weight": weight}).first_stage_weight == weight
+
+
+def test_reranker_negative_depth_and_refused_combinations():
+    from app.training.reranker import negative_ranks
+
+    assert negative_ranks(RerankerParams(group_size=8)) == (0, 32)
+    assert negative_ranks(RerankerParams(negative_rank_range=[0, 100])) == (0, 100)
+    with pytest.raises(ValidationError, match="negative_rank_range"):
+        RerankerParams(negative_rank_range=[5, 5])
+    # bce labels are grade > 0: adding the first stage's scores would make every passage a positive.
+    with pytest.raises(ValidationError, match="bce"):
+        RerankerParams(loss="bce", first_stage_temperature=1.0)
