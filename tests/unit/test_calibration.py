@@ -141,7 +141,8 @@ def test_reranker_fit_is_invariant_to_a_constant_added_to_the_logits():
     first_stage, reranked, qrels = _synthetic_reranker_runs(np.random.default_rng(1))
     shifted = {q: {d: s + 7.5 for d, s in docs.items()} for q, docs in reranked.items()}
     fits = [cal.fit_reranker_calibration(first_stage, r, qrels, 20, 10, 1, "emb") for r in (reranked, shifted)]
-    served = [cal.served_reranker_scores(first_stage, r, 20, 10, f, "emb") for r, f in zip((reranked, shifted), fits)]
+    pairs = zip((reranked, shifted), fits, strict=True)
+    served = [cal.served_reranker_scores(first_stage, r, 20, 10, f, "emb") for r, f in pairs]
     for qid in served[0]:
         assert list(served[0][qid]) == list(served[1][qid])  # the same hits in the same order
         np.testing.assert_allclose(list(served[0][qid].values()), list(served[1][qid].values()), atol=1e-6)
