@@ -256,6 +256,8 @@ def _fit_served(queries: Sequence[_Query], features: Sequence[str], first_order:
     platt = None
     for _ in range(SERVED_REFITS):
         x, y = _sample(queries, features, order, top_n)
+        if platt is not None and len(set(y)) < 2:
+            break  # the refit's sample lost a class: keep the fit that had both
         platt = _platt(x, y, features, len(queries))
         order = [platt.predict(q.columns) for q in queries]
     return platt
@@ -267,6 +269,8 @@ def _held_out_log_loss(queries: Sequence[_Query], features: Sequence[str], first
     from sklearn.model_selection import KFold
 
     total, pairs = 0.0, 0
+    if len(queries) < 2:
+        return float("inf")  # no held-out query: the simplest feature set is kept
     for train, test in KFold(min(CV_FOLDS, len(queries)), shuffle=True, random_state=0).split(queries):
         fold = [queries[i] for i in train]
         if len(set(_sample(fold, features, [q.columns[first_order] for q in fold], top_n)[1])) < 2:
