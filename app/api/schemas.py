@@ -61,6 +61,14 @@ class ModelOut(Orm):
         "below 0; else not_better), contaminated.",
     )
     created_at: datetime
+    calibration: dict[str, Any] | None = Field(
+        None,
+        description="The fitted score calibration (method, maps with their features and fitted-on counts, "
+        "relevance_min_grade, top_n, first_stage_model); null when none was fitted (see calibration_missing).",
+    )
+    calibration_missing: str | None = Field(
+        None, description="Why the model has no calibration (then `/search` refuses a `threshold` on it)."
+    )
 
 
 class EvalSpecIn(BaseModel):
@@ -203,7 +211,13 @@ class SearchIn(BaseModel):
     top_k: int = Field(10, ge=1)
     recall_k: int = Field(100, ge=1)
     reranker_id: str | None = None
-    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Minimum normalised score (0..1).")
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Minimum calibrated score, P(relevant) (0..1). 422 when the scoring model (the reranker, else "
+        "the index's embedder) has no fitted calibration.",
+    )
     return_text: bool = True
     force: bool = Field(False, description="Use a reranker even if its head was never trained.")
     int8: bool = Field(False, description="CPU: dynamically int8-quantised models (faster, slightly less exact).")
@@ -226,7 +240,11 @@ class SearchIn(BaseModel):
 class SearchHitOut(BaseModel):
     doc_id: str
     text: str | None
-    score: float = Field(description="sigmoid(rerank logit) when reranked, else the recall (cosine) score.")
+    score: float = Field(
+        description="With a calibration (`calibrated: true`): P(relevant | query, document), fitted on the model's "
+        "validation queries; hits are ordered by it and `threshold` applies to it. Without one: sigmoid(rerank "
+        "logit) when reranked, else the recall (cosine) score; neither is a probability."
+    )
     recall_score: float
     rerank_score: float | None = Field(description="Raw reranker logit.")
     fused_score: float | None = Field(
@@ -238,3 +256,11 @@ class SearchOut(BaseModel):
     index_id: str = Field(description="The index version that answered (an alias is resolved once).")
     results: list[SearchHitOut] = Field(description="The hits of `query` (of the first query with `queries`).")
     batch: list[list[SearchHitOut]] | None = Field(None, description="With `queries`: one list per query.")
+    calibrated: bool = Field(
+        False, description="Whether `score` is a calibrated P(relevant) (the scoring model has a fitted calibration)."
+    )
+    calibration_map: str | None = Field(
+        None,
+        description="Which calibration map scored: first_stage (embedder), with_first_stage (reranker over an index "
+        "of the embedder it was calibrated with) or reranker_only (any other index).",
+    )

@@ -41,3 +41,17 @@ class UntrainedHeadError(RetuneError):
 
 class ServiceUnavailableError(RetuneError):
     status_code = 503
+
+
+class CalibrationMissingError(RetuneError):
+    """A score threshold asked of a model without a fitted calibration: its scores are no probability."""
+
+    status_code = 422
+
+    def __init__(self, model_id: str, reason: str) -> None:
+        super().__init__(
+            f"model '{model_id}' has no calibrated score, so a threshold on it would filter on an arbitrary "
+            f"number ({reason}). Search without 'threshold', or use a model whose job fitted a calibration."
+        )
+        self.model_id = model_id
+        self.reason = reason

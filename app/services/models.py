@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import select
@@ -11,6 +12,8 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.errors import InvalidRequestError
 from app.db.tables import Model
+from app.evaluation.calibration import FILE_NAME as CALIBRATION_FILE
+from app.evaluation.calibration import Calibration, load_status
 from app.services import storage
 from app.services.lookup import get_or_404
 
@@ -74,3 +77,26 @@ def resolve_base_model(session: Session, settings: Settings, reference: str) -> 
     if not any(fnmatch.fnmatchcase(reference, pattern) for pattern in settings.allowed_hub_models):
         raise InvalidRequestError(f"base_model '{reference}': not allowed by RETUNE_ALLOWED_HUB_MODELS")
     return reference, None
+
+
+@lru_cache(maxsize=256)
+def _calibration_at(path: str, modified_ns: int) -> tuple[Calibration | None, str | None]:
+    return load_status(path)
+
+
+def model_calibration(settings: Settings, row: Model) -> tuple[Calibration | None, str | None]:
+    """The model's fitted calibration, or None and the reason it has none (read once per process)."""
+    if row.source == "bundled":
+        return None, "no calibration fitted (the bundled base model was never fitted on judged queries)"
+    folder = model_path(settings, row)
+    try:  # one stat per request; the JSON is read once per file version per process
+        modified_ns = (Path(folder) / CALIBRATION_FILE).stat().st_mtime_ns
+    except OSError:
+        return load_status(folder)
+    return _calibration_at(folder, modified_ns)
+
+
+def calibration_view(settings: Settings, row: Model) -> dict:
+    """The ``calibration`` / ``calibration_missing`` fields of ``/models``."""
+    fitted, reason = model_calibration(settings, row)
+    return {"calibration": fitted.summary() if fitted else None, "calibration_missing": reason}

@@ -15,19 +15,19 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.errors import ConflictError, InvalidRequestError
-from app.db.tables import Dataset
+from app.core.errors import CalibrationMissingError, ConflictError, InvalidRequestError
+from app.db.tables import Dataset, Model
+from app.evaluation.calibration import Calibration, score_query
 from app.ingest import Document, read_retrieval_set
 from app.retrieval.cache import LoadedCache
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
-from app.retrieval.fusion import fuse
 from app.retrieval.quantization import maybe_int8
-from app.retrieval.reranker import ensure_trained_head, load_reranker, rerank_logits, sigmoid
+from app.retrieval.reranker import ensure_trained_head, load_reranker, rerank_logits
 from app.retrieval.vector_index import VectorIndex
 from app.services import storage
 from app.services.indexes import META_FILE, resolve_index
-from app.services.models import get_model, model_path
+from app.services.models import get_model, model_calibration, model_path
 
 
 @dataclass
@@ -66,6 +66,8 @@ class SearchOutcome:
     # queries' cross-encoder passes), "total". Served as a Server-Timing header, so a client can tell
     # the models' time from the HTTP and bookkeeping around it.
     timings_ms: dict[str, float] = field(default_factory=dict)
+    calibrated: bool = False  # `score` is the scoring model's calibrated P(relevant)
+    calibration_map: str | None = None  # which of its maps scored (app.evaluation.calibration)
 
 
 def search(
@@ -99,6 +101,7 @@ def search(
             "a randomly initialised head. Train a reranker job, or pass force=true."
         )
     embedder_row = get_model(session, index_row.model_id)
+    calibration = _calibration_for(settings, reranker or embedder_row, reranker is not None, threshold)
     dataset = session.get(Dataset, index_row.dataset_id)
     cache = _cache(settings.model_cache_size + 4)
     device = resolve_device(settings.device)
@@ -132,21 +135,14 @@ def search(
     results = []
     for query, found in zip(queries, recalled, strict=True):
         hits = [Hit(d, None, s, s, None) for d, s in found]
+        logits = None
         if rerank_model is not None and hits:
             texts = [passage_text(corpus[h.doc_id]) for h in hits]
             reranking = time.perf_counter()
             logits = rerank_logits(rerank_model, config.format_query(query), texts, settings.rerank_batch_size)
             rerank_seconds += time.perf_counter() - reranking
-            for hit, logit in zip(hits, logits, strict=True):
-                hit.rerank_score, hit.score = float(logit), sigmoid(float(logit))
-            if first_stage_weight:
-                fused = fuse(np.array([h.recall_score for h in hits]), logits, first_stage_weight)
-                for hit, value in zip(hits, fused, strict=True):
-                    hit.fused_score = float(value)
-                hits.sort(key=lambda h: h.fused_score, reverse=True)
-            else:
-                hits.sort(key=lambda h: h.score, reverse=True)
-        if threshold is not None:
+        hits = _scored(hits, logits, calibration, index_row.model_id, first_stage_weight or 0.0)
+        if threshold is not None:  # ordered by the calibrated score, so this keeps a prefix of the order
             hits = [h for h in hits if h.score >= threshold]
         hits = hits[:top_k]
         if return_text:
@@ -155,4 +151,40 @@ def search(
         results.append(hits)
     timings = {"load": recalling - loading, "recall": recall_done - recalling, "rerank": rerank_seconds}
     timings["total"] = time.perf_counter() - started
-    return SearchOutcome(index_row.id, results, {k: round(v * 1000, 1) for k, v in timings.items()})
+    used_map = calibration.map_for(index_row.model_id)[0] if calibration else None
+    timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()}
+    return SearchOutcome(index_row.id, results, timings_ms, calibration is not None, used_map)
+
+
+def _calibration_for(settings: Settings, row: Model, reranking: bool, threshold: float | None) -> Calibration | None:
+    """The scoring model's calibration (the reranker's, else the index embedder's), or None. A threshold
+    on a model without one is refused: its raw scores are no probability, so the cut would be arbitrary."""
+    calibration, reason = model_calibration(settings, row)
+    wanted = "reranker" if reranking else "embedder"
+    if calibration is not None and calibration.kind != wanted:
+        calibration, reason = None, f"its calibration is an {calibration.kind}'s, and it is used as the {wanted}"
+    if calibration is None and threshold is not None:
+        raise CalibrationMissingError(row.id, reason or "no calibration fitted")
+    return calibration
+
+
+def _scored(
+    hits: list[Hit],
+    logits: np.ndarray | None,
+    calibration: Calibration | None,
+    index_model: str,
+    first_stage_weight: float,
+) -> list[Hit]:
+    """One query's hits with their served scores, best first (app.evaluation.calibration.score_query:
+    the same code the job's calibration report measures)."""
+    if not hits:
+        return hits
+    recall = np.array([h.recall_score for h in hits])
+    scored = score_query(recall, logits, calibration, index_model, first_stage_weight)
+    for i, hit in enumerate(hits):
+        hit.score = float(scored.score[i])
+        if logits is not None:
+            hit.rerank_score = float(logits[i])
+        if scored.fused is not None:
+            hit.fused_score = float(scored.fused[i])
+    return [hits[i] for i in scored.order]

@@ -126,12 +126,14 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
 
     # By default the reranker's own first-stage weight (0.5, from its job) fuses the two stages' scores.
     whole = {"index_id": index["id"], "query": query, "top_k": 20, "recall_k": 20, "reranker_id": reranker_id}
-    fused_hits = client.post("/search", json=whole).json()["results"]
+    fused_answer = client.post("/search", json=whole).json()
+    fused_hits = fused_answer["results"]
     recall = np.array([h["recall_score"] for h in fused_hits])
     logits = np.array([h["rerank_score"] for h in fused_hits])
     expected = 0.5 * min_max(recall) + 0.5 * min_max(logits)
     assert [h["fused_score"] for h in fused_hits] == pytest.approx(expected.tolist(), abs=1e-6)
-    assert [h["fused_score"] for h in fused_hits] == sorted((h["fused_score"] for h in fused_hits), reverse=True)
+    order_key = "score" if fused_answer["calibrated"] else "fused_score"  # a calibrated score orders the hits
+    assert [h[order_key] for h in fused_hits] == sorted((h[order_key] for h in fused_hits), reverse=True)
 
     # Weight 0: the reranker's order alone.
     body = {**whole, "top_k": 5, "first_stage_weight": 0.0}
@@ -149,9 +151,14 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     assert client.post("/search", json=body).json()["results"] == hits
 
     cut = hits[2]["score"]
-    thresholded = client.post("/search", json={**body, "threshold": cut}).json()["results"]
-    assert thresholded and all(h["score"] >= cut for h in thresholded)
-    assert len(thresholded) <= 3 + sum(h["score"] == cut for h in hits[3:])
+    thresholded = client.post("/search", json={**body, "threshold": cut})
+    if reranked.json()["calibrated"]:  # the threshold reads the calibrated score that orders the hits
+        kept = thresholded.json()["results"]
+        assert kept and all(h["score"] >= cut for h in kept)
+        assert len(kept) <= 3 + sum(h["score"] == cut for h in hits[3:])
+    else:  # no calibration fitted (e.g. too few validation judgements): refused, naming the model and cause
+        assert thresholded.status_code == 422, thresholded.text
+        assert reranker_id in thresholded.json()["detail"] and "calibration" in thresholded.json()["detail"]
 
     # The int8 path reranks the same candidates with a quantised copy: scores stay normalised.
     quantised = client.post("/search", json={**body, "int8": True})

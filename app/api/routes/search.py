@@ -19,4 +19,10 @@ def search(body: SearchIn, db: DbSession, settings: SettingsDep, response: Respo
     # The W3C Server-Timing header: the service's own time by stage, beside the client's round trip.
     response.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in outcome.timings_ms.items())
     lists = [[SearchHitOut(**asdict(h)) for h in hits] for hits in outcome.hits]
-    return SearchOut(index_id=outcome.index_id, results=lists[0], batch=lists if body.queries is not None else None)
+    return SearchOut(
+        index_id=outcome.index_id,
+        results=lists[0],
+        batch=lists if body.queries is not None else None,
+        calibrated=outcome.calibrated,
+        calibration_map=outcome.calibration_map,
+    )
