@@ -246,7 +246,7 @@ def _run_claimed(job: Job, settings: Settings) -> None:
         else:
             outcome = train_reranker(
                 base_path, data, RerankerParams(**job.params), work_dir, observer, device,
-                candidate_path, candidate_config,
+                candidate_path, candidate_config, candidate_ref,
             )  # fmt: skip
         if not outcome.model_dir.exists():
             raise RuntimeError("training finished without an evaluated model to keep")

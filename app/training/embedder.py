@@ -28,6 +28,7 @@ from app.retrieval.embedder import (
     saved_config,
     set_query_length,
 )
+from app.training.calibrate import calibrate_embedder, report_embedder
 from app.training.callbacks import BestModel, ObserverCallback
 from app.training.checkpoints import (
     RunState,
@@ -268,7 +269,8 @@ def _test_chosen(
     device: str,
     observer: TrainingObserver,
 ) -> Verdict:
-    """The second and last touch of the test queries: the checkpoint validation chose, against the base."""
+    """The second and last touch of the test queries: the checkpoint validation chose, against the base.
+    Its calibration is fitted first, on the validation queries, and saved in its folder."""
     if best.best_step is None:
         raise RuntimeError("training finished without an evaluated model to keep")
     if last.get("step") == best.best_step:
@@ -277,8 +279,12 @@ def _test_chosen(
         chosen = load_embedder(str(best_dir), device)
         _use(chosen, config)
         encoded = encode_corpus(chosen, config, data.corpus)
+    validation = evaluate_queries(chosen, config, encoded, data.validation_queries, data.validation_qrels)
+    calibration = calibrate_embedder(best_dir, validation.run, data.validation_qrels, params.relevance_min_grade)
     test = evaluate_queries(chosen, config, encoded, data.eval_queries, data.eval_qrels)
     _record(observer, best.best_step, 0.0, test.metrics, data.split(TEST_ROLE))
+    report_embedder(observer, best.best_step, data.split(TEST_ROLE), test.run, data.eval_qrels, calibration,
+                    params.relevance_min_grade)  # fmt: skip
     verdict = judge(base_test, test.per_query or {}, params.select_metric, data.split(TEST_ROLE), data.contaminated)
     observer.on_message(f"chosen on validation: step {best.best_step}; {verdict.sentence()}")
     return verdict

@@ -25,6 +25,9 @@ class TrainingParams(BaseModel):
         None, ge=1, description="Evaluate on the held-out split every this many steps (also at 0 and the end)."
     )
     select_metric: Literal["ndcg@10", "recall@100", "mrr@10"] = "ndcg@10"
+    relevance_min_grade: int = Field(
+        1, ge=1, le=100, description="Calibration: a judgement of at least this grade counts as relevant."
+    )
     checkpoint_steps: int = Field(
         100, ge=1, description="Save model, optimizer, scheduler, step and RNG every this many steps (for resume)."
     )

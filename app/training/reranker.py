@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.evaluation.metrics import mean_metrics, per_query_metrics
 from app.evaluation.retrieval import best_fusion_weight, encode_corpus, evaluate_queries, evaluate_reranker
 from app.evaluation.verdict import Verdict, judge
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
 from app.retrieval.reranker import HEAD_PATTERN, load_reranker, untrained_head_weights
+from app.training.calibrate import calibrate_reranker, calibrated_order, report_reranker
 from app.training.callbacks import BestModel, ObserverCallback
 from app.training.checkpoints import (
     RunState,
@@ -85,6 +87,9 @@ class _Run:
     base_test: dict[str, dict[str, float]]
     fusion_weights: dict[str, float]  # str(step) -> the weight used at that evaluation
     best: BestModel
+    best_dir: Path
+    candidate_id: str | None = None  # the first stage's registered id: its calibration map applies over its indexes
+    best_validation_run: dict[str, dict[str, float]] | None = None  # the chosen state's logits, for calibration
     stop: Callable[[], None] = lambda: None
 
     def weight_at(self, step: int | None) -> float:
@@ -108,7 +113,9 @@ def train_reranker(
     device: str,
     candidate_path: str,
     candidate_config: EmbedderConfig,
+    candidate_id: str | None = None,
 ) -> TrainingOutcome:
+    """``candidate_id``: the first-stage embedder's registered id (the calibration records it)."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +139,7 @@ def train_reranker(
     best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))
     best.base_value = first_metrics[params.select_metric]  # the first stage alone is the bar
     run = _Run(data, params, observer, candidate_config, first_metrics, runs, base_test,
-               dict(state.fusion_weights) if state is not None else {}, best)  # fmt: skip
+               dict(state.fusion_weights) if state is not None else {}, best, best_dir, candidate_id)  # fmt: skip
 
     def evaluate(step: int, epoch: float) -> None:
         _evaluate_on_validation(model, run, step, epoch)
@@ -235,8 +242,10 @@ def _evaluate_on_validation(model: CrossEncoder, run: _Run, step: int, epoch: fl
     observer.on_metric(step, epoch, "score_std", result.score_std, split)
     observer.on_metric(step, epoch, "positive_share", result.positive_share, split)
     _watch_collapse(run, step, epoch, result.score_std, result.metrics[params.select_metric])
-    if step > 0:  # what search will serve: the fused order when the model keeps a first-stage weight
+    if step > 0:  # the fused order when the model keeps a first-stage weight
         run.best.offer(step, fused_metrics if fused_metrics is not None else result.metrics)
+        if run.best.best_step == step:
+            run.best_validation_run = result.run
 
 
 def _watch_collapse(run: _Run, step: int, epoch: float, score_std: float, metric: float) -> None:
@@ -253,22 +262,51 @@ def _watch_collapse(run: _Run, step: int, epoch: float, score_std: float, metric
 
 
 def _test_chosen(model: CrossEncoder, run: _Run) -> Verdict:
-    """The second and last touch of the test queries: the chosen checkpoint, served as search serves it,
-    against the first stage alone (the base, measured at step 0)."""
+    """The second and last touch of the test queries: the chosen checkpoint, served as search serves it
+    (by its calibrated score, fitted here on validation; fused at its weight without one), against the
+    first stage alone (the base, measured at step 0)."""
     data, params, step = run.data, run.params, run.best.best_step or 0
     weight = run.weight_at(step)
+    calibration = calibrate_reranker(
+        run.best_dir, run.runs[VALIDATION_ROLE], _validation_logits(model, run), data.validation_qrels,
+        params.recall_k, params.relevance_min_grade, run.candidate_id,
+    )  # fmt: skip
     result = evaluate_reranker(
         model, run.runs[TEST_ROLE], data.corpus, data.eval_queries, data.eval_qrels, params.recall_k,
         run.candidate_config.format_query, weight,
     )  # fmt: skip
+    test_split = data.split(TEST_ROLE)
     for name, value in result.metrics.items():
-        run.observer.on_metric(step, 0.0, name, value, data.split(TEST_ROLE))
+        run.observer.on_metric(step, 0.0, name, value, test_split)
     for name, value in (result.fused_metrics or {}).items():
         run.observer.on_metric(step, 0.0, name, value, data.split(TEST_ROLE, "/fused"))
     served = result.served(data.eval_qrels)
-    verdict = judge(run.base_test, served, params.select_metric, data.split(TEST_ROLE), data.contaminated)
+    if calibration is not None:
+        ordered = calibrated_order(run.runs[TEST_ROLE], result.run, params.recall_k, calibration, run.candidate_id)
+        served = per_query_metrics(data.eval_qrels, ordered)
+        for name, value in mean_metrics(served).items():
+            run.observer.on_metric(step, 0.0, name, value, data.split(TEST_ROLE, "/served"))
+    report_reranker(run.observer, step, test_split, run.runs[TEST_ROLE], result.run, data.eval_qrels,
+                    params.recall_k, calibration, run.candidate_id, weight, params.relevance_min_grade)  # fmt: skip
+    verdict = judge(run.base_test, served, params.select_metric, test_split, data.contaminated)
     run.observer.on_message(f"chosen on validation: step {step} (first_stage_weight {weight:g}); {verdict.sentence()}")
     return verdict
+
+
+def _validation_logits(model: CrossEncoder, run: _Run) -> dict[str, dict[str, float]]:
+    """The chosen state's validation logits: kept from its evaluation, or (after a resume) scored again."""
+    if run.best_validation_run is not None:
+        return run.best_validation_run
+    data = run.data
+    return evaluate_reranker(
+        model,
+        run.runs[VALIDATION_ROLE],
+        data.corpus,
+        data.validation_queries,
+        data.validation_qrels,
+        run.params.recall_k,
+        run.candidate_config.format_query,
+    ).run
 
 
 def _batching(params: RerankerParams, rows: dict[str, list[Any]]) -> dict[str, int]:

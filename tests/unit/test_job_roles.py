@@ -50,6 +50,10 @@ def test_a_short_job_chooses_on_validation_and_touches_test_twice(scifact_slice,
     assert outcome.best_step in (3,) and outcome.verdict is not None
     assert outcome.verdict.queries == len(data.eval_qrels) and outcome.verdict.split == "test"
     assert outcome.better_than_base == (outcome.verdict.result == "better")
+    # The calibration was fitted (or its reason written) in the model's folder; test reports the served top 10.
+    assert (outcome.model_dir / "calibration.json").exists()
+    served = {n for s, n, _, sp in observer.metrics if sp == "test/uncalibrated" and s == outcome.best_step}
+    assert "ece" in served and "recall@t0.5" in served
     # Loss at the last step although logging_steps (5) is longer than the job (3 steps).
     assert 3 in observer.train("loss")
 
