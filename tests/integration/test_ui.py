@@ -120,8 +120,23 @@ def _upload(page, zip_path: Path) -> None:
     page.fill("#dataset-name", "scifact-ui")
     page.set_input_files("#dataset-file", str(zip_path))
     page.wait_for_function("document.getElementById('upload-percent').textContent.startsWith('uploaded')")
+    assert page.get_attribute("#upload-bar", "style") == "width: 100%;"  # upload.onprogress reached the end
     row = page.locator("#datasets tr", has_text="scifact-ui")
     assert "test: 20 q" in row.inner_text() and "train: 40 q" in row.inner_text()
+
+
+def _drop_bad_jsonl(page, service: Service) -> None:
+    """A file dropped on the page is uploaded; a malformed one shows the API's message and is not stored."""
+    before = len(service.client.get("/datasets").json())
+    bad = '{"query": "q", "pos": "not a list"}\n'
+    transfer = page.evaluate_handle(
+        "([text, name]) => { const t = new DataTransfer(); t.items.add(new File([text], name)); return t; }",
+        [bad, "bad.jsonl"],
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    page.wait_for_function("document.querySelector('[data-error=upload]').textContent.length > 0")
+    assert "bad.jsonl, line 1, field 'pos'" in page.inner_text("[data-error=upload]")
+    assert len(service.client.get("/datasets").json()) == before
 
 
 def _loss_points(page) -> int:
@@ -153,6 +168,7 @@ def test_dashboard_upload_train_watch_index_search(page, service: Service, scifa
     _sign_in(page, _key(service, "write"))
     page.wait_for_selector("#job-form")
     _upload(page, zip_path)
+    _drop_bad_jsonl(page, service)
 
     page.goto("/ui/#/jobs")
     page.wait_for_selector("#job-form")

@@ -23,7 +23,7 @@ function datasetRow(state, ds, refresh, error) {
 
 function uploadForm(state, refresh) {
   const error = errorBox("upload");
-  const bar = h("div");
+  const bar = h("div", { id: "upload-bar" });
   const progress = h("span", { class: "progress", hidden: true }, bar);
   const percent = h("span", { class: "muted", id: "upload-percent" });
   const name = h("input", { type: "text", id: "dataset-name", placeholder: "name (optional)" });
