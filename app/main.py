@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.api.routes import datasets, health, indexes, jobs, keys, models, search
+from app.api.routes.ui import mount_ui
 from app.api.schemas import ERROR_RESPONSES
 from app.core.config import get_settings
 from app.core.errors import RetuneError
@@ -54,6 +55,7 @@ def create_app() -> FastAPI:
     for module in (health, datasets, models, jobs, indexes, search, keys):
         app.include_router(module.router)
     app.include_router(indexes.aliases)
+    mount_ui(app)
 
     @app.exception_handler(RetuneError)
     async def _retune_error(_: Request, exc: RetuneError) -> JSONResponse:
