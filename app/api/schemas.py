@@ -55,6 +55,13 @@ class ModelOut(Orm):
     config: dict[str, Any]
     better_than_base: bool | None
     created_at: datetime
+    file_name: str | None = Field(None, description="source 'upload': the uploaded archive's file name.")
+    download_url: str | None = Field(None, description="GET it for a .tar.gz of the folder (?format=zip for a zip).")
+
+    @model_validator(mode="after")
+    def _download_url(self) -> ModelOut:
+        self.download_url = self.download_url or f"/models/{self.id}/download"
+        return self
 
 
 class EvalSpecIn(BaseModel):

@@ -41,3 +41,9 @@ class UntrainedHeadError(RetuneError):
 
 class ServiceUnavailableError(RetuneError):
     status_code = 503
+
+
+class ModelUploadError(RetuneError):
+    """An uploaded model archive that Retune will not register (not a model folder, unsafe, or the wrong kind)."""
+
+    status_code = 422
