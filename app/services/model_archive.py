@@ -1,6 +1,6 @@
 """Model folders as .tar.gz / .zip archives, written while they are sent.
 
-The standard library's tarfile (stream mode ``w|gz``) and zipfile (on an unseekable stream it writes data
+The standard library's tarfile (stream mode, through gzip) and zipfile (on an unseekable stream it writes data
 descriptors) produce the archives; what is written by hand is only the hand-over to the HTTP response: a
 thread writes the archive into a small bounded queue of chunks that the response reads, so a model of
 any size is sent with a few MiB of memory and nothing is staged on disk.
@@ -9,6 +9,7 @@ any size is sent with a few MiB of memory and nothing is staged on disk.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import queue
 import tarfile
@@ -23,6 +24,7 @@ CARD_NAME = "README.md"
 _CHUNK = 1 << 20
 _QUEUE_CHUNKS = 4
 _DONE = object()
+_LEVEL = 1  # float weights barely compress at any level, so the fastest one
 
 
 class _Stopped(Exception):
@@ -69,7 +71,7 @@ def model_files(folder: Path) -> list[Path]:
 
 
 def _write_tar(out: _QueueWriter, folder: Path, root: str, card: bytes) -> None:
-    with tarfile.open(fileobj=out, mode="w|gz") as tf:
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=_LEVEL) as gz, tarfile.open(fileobj=gz, mode="w|") as tf:
         info = tarfile.TarInfo(f"{root}/{CARD_NAME}")
         info.size, info.mtime, info.mode = len(card), int(time.time()), 0o644
         tf.addfile(info, io.BytesIO(card))
@@ -78,7 +80,7 @@ def _write_tar(out: _QueueWriter, folder: Path, root: str, card: bytes) -> None:
 
 
 def _write_zip(out: _QueueWriter, folder: Path, root: str, card: bytes) -> None:
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=_LEVEL, allowZip64=True) as zf:
         zf.writestr(f"{root}/{CARD_NAME}", card)
         for path in model_files(folder):
             zf.write(path, arcname=f"{root}/{path.relative_to(folder).as_posix()}")

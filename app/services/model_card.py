@@ -194,6 +194,20 @@ def _sentence_transformers_card(folder: Path) -> ModelCard | None:
         return None
 
 
+def _kind_phrase(kind: str) -> str:
+    return {"embedder": "An embedding model (bi-encoder)", "reranker": "A reranker (cross-encoder)"}.get(kind, kind)
+
+
+def demote_headings(markdown: str) -> str:
+    """Headings two levels down (outside code fences), so an embedded card sits under one of this card's sections."""
+    lines, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        lines.append("##" + line if not fenced and line.startswith("#") else line)
+    return "\n".join(lines)
+
+
 def build_model_card(session: Session, row: Model, folder: Path, folder_name: str) -> str:
     """The README.md of a downloaded model: Retune's record of it, then sentence-transformers' own card."""
     st_card = _sentence_transformers_card(folder)
@@ -205,7 +219,8 @@ def build_model_card(session: Session, row: Model, folder: Path, folder_name: st
     if dataset is not None:
         data.datasets = [dataset.name]
     sections = [
-        f"# {row.name}\n\nA {row.kind} {'fine-tuned by Retune' if job else f'registered in Retune ({row.source})'}.",
+        f"# {row.name}\n\n{_kind_phrase(row.kind)} "
+        + ("fine-tuned by Retune." if job else f"registered in Retune ({row.source})."),
         _table(["field", "value"], [("model id", row.id), ("kind", row.kind), ("base model", row.base_model),
                                     ("source", row.source), ("job", row.job_id), ("created", row.created_at)]),
     ]  # fmt: skip
@@ -222,5 +237,5 @@ def build_model_card(session: Session, row: Model, folder: Path, folder_name: st
         sections.append(calibration)
     sections += [versions_section(folder), usage_section(row.kind, folder_name)]
     if st_card is not None and st_card.text.strip():
-        sections.append("## Card written by sentence-transformers\n\n" + st_card.text.strip().replace("\n# ", "\n### "))
+        sections.append("## Card written by sentence-transformers\n\n" + demote_headings(st_card.text.strip()))
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
