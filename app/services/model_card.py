@@ -34,13 +34,13 @@ _LIBRARIES = ("sentence-transformers", "transformers", "torch", "faiss-cpu", "py
 def chosen_step(points: Sequence[MetricPoint], metric: str) -> tuple[str, int] | None:
     """(split, step) of the kept model: the first maximum of ``metric`` after step 0, as BestModel keeps it.
 
-    A reranker keeps the best fused order when it fuses (split ``<label>/fused``), else its own order.
+    Models are selected on a ``validation`` split when the job has one, else on its evaluation split; a
+    reranker that fuses keeps the best fused order (``<split>/fused``), else its own order.
     """
     splits = {p.split for p in points if p.name == metric and p.step > 0 and p.split != _TRAIN_SPLIT}
     if not splits:
         return None
-    fused = sorted(s for s in splits if s.endswith("/fused"))
-    split = fused[0] if fused else min(splits, key=lambda s: (s.count("/"), s))
+    split = min(splits, key=lambda s: (not s.startswith("validation"), not s.endswith("/fused"), s.count("/"), s))
     best: MetricPoint | None = None
     for point in sorted((p for p in points if p.split == split and p.name == metric and p.step > 0), key=_order):
         if best is None or point.value > best.value:
