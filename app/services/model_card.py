@@ -222,7 +222,8 @@ def build_model_card(session: Session, row: Model, folder: Path, folder_name: st
         f"# {row.name}\n\n{_kind_phrase(row.kind)} "
         + ("fine-tuned by Retune." if job else f"registered in Retune ({row.source})."),
         _table(["field", "value"], [("model id", row.id), ("kind", row.kind), ("base model", row.base_model),
-                                    ("source", row.source), ("job", row.job_id), ("created", row.created_at)]),
+                                    ("source", row.source), ("uploaded file", row.file_name), ("job", row.job_id),
+                                    ("created", row.created_at)]),
     ]  # fmt: skip
     if job is not None:
         points = list(session.scalars(select(MetricPoint).where(MetricPoint.job_id == job.id)))
