@@ -70,6 +70,14 @@ class ModelOut(Orm):
         None, description="Why the model has no calibration (then `/search` refuses a `threshold` on it)."
     )
 
+    file_name: str | None = Field(None, description="source 'upload': the uploaded archive's file name.")
+    download_url: str | None = Field(None, description="GET it for a .tar.gz of the folder (?format=zip for a zip).")
+
+    @model_validator(mode="after")
+    def _download_url(self) -> ModelOut:
+        self.download_url = self.download_url or f"/models/{self.id}/download"
+        return self
+
 
 class EvalSpecIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_recall_k: int = 1000
     max_top_k: int = 100
     max_batch_queries: int = 64
+    max_model_upload_bytes: int = Field(
+        4 * 1024**3, description="Bound on an uploaded model archive and on its extracted files (POST /models)."
+    )
 
     @property
     def resolved_database_url(self) -> str:

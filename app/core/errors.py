@@ -55,3 +55,9 @@ class CalibrationMissingError(RetuneError):
         )
         self.model_id = model_id
         self.reason = reason
+
+
+class ModelUploadError(RetuneError):
+    """An uploaded model archive that Retune will not register (not a model folder, unsafe, or the wrong kind)."""
+
+    status_code = 422

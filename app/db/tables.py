@@ -51,7 +51,7 @@ class Model(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(20))  # "embedder" | "reranker"
-    source: Mapped[str] = mapped_column(String(20))  # "bundled" | "job"
+    source: Mapped[str] = mapped_column(String(20))  # "bundled" | "job" | "upload"
     path: Mapped[str] = mapped_column(Text)
     base_model: Mapped[str | None] = mapped_column(Text, nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -63,6 +63,7 @@ class Model(Base):
     # queries, result: better | not_better | worse, split, contaminated}; None when not measured.
     verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    file_name: Mapped[str | None] = mapped_column(String(255), nullable=True)  # an uploaded archive's name
 
 
 class Job(Base):

@@ -118,7 +118,9 @@ def create_job(
     if kind in ("embedder", "mine_negatives") and base_row is not None and base_row.kind != "embedder":
         raise InvalidRequestError(f"base_model '{base}' is a {base_row.kind}, not an embedder")
     if kind == "reranker" and clean_params.get("candidate_model"):
-        _, candidate = resolve_base_model(session, settings, clean_params["candidate_model"])
+        _, candidate = resolve_base_model(
+            session, settings, clean_params["candidate_model"], field="params.candidate_model"
+        )
         if candidate is not None and candidate.kind != "embedder":
             raise InvalidRequestError("params.candidate_model must be an embedder")
 

@@ -38,7 +38,22 @@ def test_local_folders_only_under_allowed_roots(session: Session, tmp_path: Path
         resolve_base_model(session, Settings(data_dir=tmp_path), str(allowed))  # no roots: no local folders
 
 
-def test_hub_ids_by_pattern(session: Session, tmp_path: Path) -> None:
+def _cache(cache: Path, repo_id: str) -> None:
+    """A Hugging Face hub cache entry as huggingface_hub lays it out (refs/main -> snapshots/<commit>/)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+
+
+def test_hub_ids_by_pattern(session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for repo_id in ("BAAI/bge-small-en-v1.5", "intfloat/e5-small-v2"):
+        _cache(tmp_path / "hub", repo_id)
     settings = Settings(data_dir=tmp_path, allowed_hub_models=["BAAI/*", "intfloat/e5-small-v2"])
     assert resolve_base_model(session, settings, "BAAI/bge-small-en-v1.5")[0] == "BAAI/bge-small-en-v1.5"
     assert resolve_base_model(session, settings, "intfloat/e5-small-v2")[0] == "intfloat/e5-small-v2"
@@ -46,6 +61,22 @@ def test_hub_ids_by_pattern(session: Session, tmp_path: Path) -> None:
         resolve_base_model(session, settings, "someone/anything")
     with pytest.raises(InvalidRequestError):
         resolve_base_model(session, settings, "a/b/c")
+
+
+def test_hub_ids_neither_cached_nor_reachable_are_refused_naming_the_field(
+    session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _cache(tmp_path / "hub", "BAAI/bge-small-en-v1.5")
+    settings = Settings(data_dir=tmp_path)
+    assert resolve_base_model(session, settings, "BAAI/bge-small-en-v1.5")[0] == "BAAI/bge-small-en-v1.5"
+    with pytest.raises(InvalidRequestError, match=r"^base_model 'no-such-model-xyz': .*Hugging Face cache"):
+        resolve_base_model(session, settings, "no-such-model-xyz")
+    with pytest.raises(InvalidRequestError, match=r"^params\.candidate_model 'BAAI/bge-base-en-v1.5': "):
+        resolve_base_model(session, settings, "BAAI/bge-base-en-v1.5", field="params.candidate_model")
 
 
 def test_pickled_checkpoints_are_not_loaded(tmp_path: Path) -> None:

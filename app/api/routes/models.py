@@ -1,10 +1,13 @@
-from fastapi import APIRouter
+from typing import Annotated, Literal
 
-from app.api.deps import DbSession, ReadAccess, SettingsDep
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import DbSession, ReadAccess, SettingsDep, WriteAccess
 from app.api.schemas import ModelOut
 from app.core.config import Settings
 from app.db.tables import Model
-from app.services import models
+from app.services import model_upload, models
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -14,6 +17,18 @@ def list_models(db: DbSession, settings: SettingsDep) -> list[ModelOut]:
     return [_model_out(settings, m) for m in models.list_models(db)]
 
 
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut, dependencies=[WriteAccess])
+def upload_model(
+    db: DbSession,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description=".tar.gz or .zip of a sentence-transformers / cross-encoder folder")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    kind: Annotated[Literal["embedder", "reranker"] | None, Form(description="Checked against the folder.")] = None,
+) -> ModelOut:
+    row = model_upload.register_upload(db, settings, file.file, file.filename or "", name, kind)
+    return _model_out(settings, row)
+
+
 @router.get("/{model_id}", response_model=ModelOut, dependencies=[ReadAccess])
 def get_model(model_id: str, db: DbSession, settings: SettingsDep) -> ModelOut:
     return _model_out(settings, models.get_model(db, model_id))
@@ -21,3 +36,29 @@ def get_model(model_id: str, db: DbSession, settings: SettingsDep) -> ModelOut:
 
 def _model_out(settings: Settings, row: Model) -> ModelOut:
     return ModelOut.model_validate(row).model_copy(update=models.calibration_view(settings, row))
+
+
+@router.get(
+    "/{model_id}/download",
+    dependencies=[ReadAccess],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/gzip": {}, "application/zip": {}}}},
+)
+def download_model(
+    model_id: str,
+    db: DbSession,
+    settings: SettingsDep,
+    archive_format: Annotated[Literal["tar.gz", "zip"], Query(alias="format")] = "tar.gz",
+) -> StreamingResponse:
+    """The model folder in sentence-transformers format with a generated model card (README.md), streamed."""
+    chunks, filename = models.stream_download(db, settings, model_id, archive_format)
+    return StreamingResponse(
+        chunks,
+        media_type=models.ARCHIVE_FORMATS[archive_format],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteAccess])
+def delete_model(model_id: str, db: DbSession, settings: SettingsDep) -> None:
+    models.delete_model(db, settings, model_id)
