@@ -59,7 +59,11 @@ class ApiClient:
             body = response.json()
         except ValueError:
             body = response.text
-        raise ApiError(error_message(body, response.reason_phrase or "error"), response.status_code, body)
+        message = error_message(body, response.reason_phrase or "error")
+        if response.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+            # FastAPI's words for a route the service does not have (not for a missing resource, which names it)
+            message = f"this service has no {response.request.method} {response.request.url.path} ({message})"
+        raise ApiError(message, response.status_code, body)
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)

@@ -14,12 +14,13 @@ from app.client.watch import watch_job
 
 jobs = typer.Typer(help="Create, watch, list, cancel and delete fine-tuning jobs.", no_args_is_help=True)
 
-JOB_COLUMNS = ["id", "kind", "status", "dataset_id", "base_model", "step", "total_steps", "model_id", "better"]
+JOB_COLUMNS = ["id", "kind", "status", "progress", "model_id", "better", "created_at"]
 IntervalOpt = Annotated[float, typer.Option(help="Seconds between polls.")]
 
 
 def _job_row(job: dict[str, Any]) -> dict[str, Any]:
-    return {**job, "better": job.get("verdict", job.get("better_than_base"))}
+    progress = f"{job.get('step') or 0}/{job['total_steps']}" if job.get("total_steps") else "-"
+    return {**job, "progress": progress, "better": job.get("verdict", job.get("better_than_base"))}
 
 
 def _parse(option: str, items: list[str] | None) -> dict[str, Any]:

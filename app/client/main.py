@@ -12,7 +12,7 @@ from app.client.config import Credentials, save_credentials
 from app.client.context import JsonOpt, get_api, overrides
 from app.client.exit_codes import ExitCode
 from app.client.jobs import jobs
-from app.client.output import console, err_console, print_json, show
+from app.client.output import clip, console, err_console, print_json, show
 from app.client.resources import aliases, datasets, indexes, keys, models
 
 app = typer.Typer(
@@ -74,7 +74,7 @@ def search(
     if as_json:
         print_json(result)
         return
-    hits = [{"rank": i, **hit} for i, hit in enumerate(result["results"], 1)]
+    hits = [{"rank": i, **hit, "text": clip(hit.get("text"))} for i, hit in enumerate(result["results"], 1)]
     show(hits, False, ["rank", "doc_id", "score", "text"], title=f"index {result['index_id']}")
 
 

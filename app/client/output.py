@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+TEXT_CHARS = 160  # a search hit's text is cut to this in tables (the whole text is in --json)
+ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)")
+
+
+def _stdout_width() -> int | None:
+    """Piped output gets 200 columns (rich's default there is 80, which folds every id); a terminal its own width."""
+    return None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+
+
+console = Console(width=_stdout_width())
 err_console = Console(stderr=True)
 
 
@@ -25,14 +37,21 @@ def cell(value: Any) -> str:
         return f"{value:.4f}"
     if isinstance(value, dict | list):
         return json.dumps(value, default=str)
-    return str(value)
+    text = str(value)
+    if match := ISO_TIME.match(text):  # 2026-12-01T09:44:38.177283Z -> 2026-12-01 09:44:38 (UTC)
+        return f"{match[1]} {match[2]}"
+    return text
+
+
+def clip(text: str | None, limit: int = TEXT_CHARS) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
-    """One row per item; the first column (the id) never wraps, so it can be copied from the terminal."""
+    """One row per item; ids never wrap, so they can be copied from the terminal."""
     table = Table(title=title)
-    for i, name in enumerate(columns):
-        table.add_column(name, no_wrap=i == 0, overflow="fold")
+    for name in columns:
+        table.add_column(name, no_wrap=name == "id" or name.endswith("_id"), overflow="fold")
     for row in rows:
         table.add_row(*(cell(row.get(c)) for c in columns))
     console.print(table)

@@ -62,7 +62,7 @@ def datasets_delete(dataset_id: str, as_json: JsonOpt = False) -> None:
 
 @models.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
-    columns = ["id", "name", "kind", "source", "base_model", "better_than_base", "created_at"]
+    columns = ["id", "name", "kind", "source", "better_than_base", "created_at"]
     show(get_api().list_all("/models"), as_json, columns)
 
 
@@ -124,7 +124,7 @@ def indexes_create(
 
 @indexes.command("list")
 def indexes_list(as_json: JsonOpt = False) -> None:
-    columns = ["id", "status", "dataset_id", "model_id", "index_type", "num_docs", "created_at"]
+    columns = ["id", "status", "model_id", "index_type", "num_docs", "created_at"]
     show(get_api().list_all("/indexes"), as_json, columns)
 
 

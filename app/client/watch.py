@@ -114,4 +114,4 @@ def print_outcome(job: dict[str, Any]) -> None:
         line += "; better than base" if better else "; not better than base"
     if job.get("error"):
         line += f"; error: {job['error']}"
-    console.print(line, highlight=False)
+    console.print(line, highlight=False, soft_wrap=True)
