@@ -83,5 +83,5 @@ def main() -> None:
     try:
         app()
     except ApiError as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False)
+        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(int(ExitCode.ERROR))

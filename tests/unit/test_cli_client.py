@@ -7,15 +7,18 @@ import os
 import stat
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app.client.api import ApiClient, error_message
+from app.client.api import ApiClient, ApiError, error_message
 from app.client.config import Credentials, config_path, load_credentials, save_credentials
+from app.client.context import as_archive
 from app.client.exit_codes import ExitCode, job_exit_code
 from app.client.params import ParamError, parse_params
+from app.client.transfer import upload
 from app.client.watch import MetricPoller, evaluation_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,3 +128,43 @@ def test_client_imports_without_torch_or_the_service() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _echo_api(tmp_path: Path) -> tuple[ApiClient, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        seen.append(request)
+        if request.url.path == "/jobs/J":
+            return httpx.Response(405, json={"detail": "Method Not Allowed"})
+        return httpx.Response(201, json={"bytes": len(request.content)})
+
+    api = ApiClient("http://retune.test", "rt_k")
+    api.http = httpx.Client(base_url=api.url, transport=httpx.MockTransport(handler))
+    return api, seen
+
+
+def test_a_folder_is_archived_and_uploaded_whole_through_the_progress_reader(tmp_path: Path) -> None:
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    lines = [json.dumps({"_id": str(i), "text": os.urandom(16).hex()}) for i in range(5000)]  # incompressible
+    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    api, seen = _echo_api(tmp_path)
+    with as_archive(folder) as archive:
+        names = zipfile.ZipFile(archive).namelist()
+        assert archive.name == "beir.zip" and archive.stat().st_size > 64 * 1024  # more than one httpx chunk
+        upload(api, "/datasets", archive, {"name": "n"})
+        size = archive.stat().st_size
+    assert sorted(names) == ["beir/", "beir/corpus.jsonl", "beir/qrels/", "beir/qrels/test.tsv"]
+    assert not archive.exists()  # the temporary archive is removed
+    body = seen[0].content
+    assert b'filename="beir.zip"' in body and b'name="name"' in body and len(body) > size
+
+
+def test_a_route_the_service_lacks_is_named() -> None:
+    api, _ = _echo_api(Path())
+    with pytest.raises(ApiError, match=r"this service has no DELETE /jobs/J") as caught:
+        api.json("DELETE", "/jobs/J")
+    assert caught.value.status_code == 405
