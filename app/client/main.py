@@ -81,7 +81,7 @@ def search(
 def main() -> None:
     """Run the CLI; an API error prints the service's message on stderr and exits 1."""
     try:
-        app()
+        app(prog_name="retune")
     except ApiError as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(int(ExitCode.ERROR))

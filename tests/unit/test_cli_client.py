@@ -168,3 +168,21 @@ def test_a_route_the_service_lacks_is_named() -> None:
     with pytest.raises(ApiError, match=r"this service has no DELETE /jobs/J") as caught:
         api.json("DELETE", "/jobs/J")
     assert caught.value.status_code == 405
+
+
+def test_the_retune_script_entry_point_is_the_client() -> None:
+    import importlib
+    import tomllib
+
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["retune"]
+    module, _, attr = target.partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    assert module.startswith("app.client.")
+
+
+@pytest.mark.parametrize(("columns", "width"), [(None, 200), ("100", 100)])
+def test_piped_tables_are_wide(columns: str | None, width: int) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | ({"COLUMNS": columns} if columns else {})
+    code = "from app.client.output import console; print(console.width)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == str(width), run.stderr
