@@ -85,3 +85,6 @@ def main() -> None:
     except ApiError as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(int(ExitCode.ERROR))
+    except KeyboardInterrupt:
+        err_console.print("interrupted (a job being watched keeps running: `retune jobs cancel ID` stops it)")
+        sys.exit(130)

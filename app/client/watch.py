@@ -8,10 +8,11 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from app.client.api import ApiClient
+from app.client.api import ApiClient, ApiError
 from app.client.output import console, err_console
 
 FINAL_STATUSES = {"succeeded", "failed", "cancelled"}
+RETRIES = 30  # consecutive failed polls (service unreachable or 503) tolerated before the watch gives up
 PointKey = tuple[int, str, str]  # (step, split, name)
 
 
@@ -77,14 +78,29 @@ def _progress() -> Progress:
     )
 
 
+def poll_job(api: ApiClient, poller: MetricPoller, interval: float) -> dict[str, Any]:
+    """The job and its new metric points; a restart or outage of the service (503, refused connection) is waited out."""
+    failures = 0
+    while True:
+        try:
+            job = api.json("GET", f"/jobs/{poller.job_id}")
+            poller.poll()
+            return job
+        except ApiError as exc:
+            failures += 1
+            if exc.status_code not in (None, 502, 503, 504) or failures > RETRIES:
+                raise
+            err_console.print(f"retrying: {exc}", highlight=False, markup=False, soft_wrap=True)
+            time.sleep(interval)
+
+
 def watch_job(api: ApiClient, job_id: str, interval: float = 1.0, quiet: bool = False) -> dict[str, Any]:
     """Poll until the job ends; with ``quiet`` (``--json``) draw nothing. Returns the final job."""
     poller = MetricPoller(api, job_id)
     with _progress() as progress:
         task = progress.add_task("queued", total=None, loss="-", visible=not quiet)
         while True:
-            job = api.json("GET", f"/jobs/{job_id}")
-            poller.poll()
+            job = poll_job(api, poller, interval)
             loss = poller.latest_loss()
             progress.update(
                 task,

@@ -19,7 +19,7 @@ from app.client.context import as_archive
 from app.client.exit_codes import ExitCode, job_exit_code
 from app.client.params import ParamError, parse_params
 from app.client.transfer import upload
-from app.client.watch import MetricPoller, evaluation_rows
+from app.client.watch import MetricPoller, evaluation_rows, watch_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,3 +186,30 @@ def test_piped_tables_are_wide(columns: str | None, width: int) -> None:
     code = "from app.client.output import console; print(console.width)"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.stdout.strip() == str(width), run.stderr
+
+
+def test_watch_waits_out_a_503_and_ends_with_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter([503, 200, 200])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metrics"):
+            return httpx.Response(200, json={"job_id": "J", "points": []})
+        code = next(answers)
+        if code == 503:
+            return httpx.Response(503, json={"detail": "the database is unavailable; retry shortly"})
+        return httpx.Response(200, json={"id": "J", "status": "succeeded", "step": 3, "total_steps": 3})
+
+    api = ApiClient("http://retune.test", "rt_k")
+    api.http = httpx.Client(base_url=api.url, transport=httpx.MockTransport(handler))
+    job = watch_job(api, "J", interval=0.01, quiet=True)
+    assert job["status"] == "succeeded" and next(answers) == 200  # one retry, one answer used
+
+
+def test_watch_gives_up_on_an_error_that_is_not_transient() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"detail": "job 'J' not found"})
+
+    api = ApiClient("http://retune.test", "rt_k")
+    api.http = httpx.Client(base_url=api.url, transport=httpx.MockTransport(handler))
+    with pytest.raises(ApiError, match="job 'J' not found"):
+        watch_job(api, "J", interval=0.01, quiet=True)
