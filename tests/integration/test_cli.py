@@ -143,3 +143,19 @@ def test_bad_inputs_show_the_api_message(cli: Cli, tmp_path: Path, scifact_zip: 
     assert run.returncode == ExitCode.ERROR and "not found" in run.stderr and "404" in run.stderr, run.stderr
     assert cli("datasets", "delete", dataset["id"]).returncode == 0
     assert dataset["id"] not in {d["id"] for d in cli.json("datasets", "list")}
+
+
+@pytest.mark.integration
+def test_cancel_then_watch_exits_with_the_cancelled_code(cli: Cli, tmp_path: Path, scifact_zip: bytes) -> None:
+    archive = tmp_path / "slice.zip"
+    archive.write_bytes(scifact_zip)
+    dataset = cli.json("datasets", "upload", str(archive))
+    job = cli.json("jobs", "create", "--kind", "embedder", "--dataset", dataset["id"], "--param", "epochs=3")
+    assert job["status"] == "queued"
+    cancelled = cli.json("jobs", "cancel", job["id"])
+    assert cancelled["id"] == job["id"] and cancelled["status"] in {"cancelled", "running"}
+    run = cli("jobs", "watch", job["id"], "--interval", "0.5")
+    assert run.returncode == ExitCode.JOB_CANCELLED, (run.stdout, run.stderr)
+    assert f"job {job['id']} cancelled" in run.stdout
+    again = cli("jobs", "cancel", job["id"])
+    assert again.returncode == ExitCode.ERROR and "already cancelled" in again.stderr and "409" in again.stderr
