@@ -1,0 +1,3 @@
+from app.client.main import main
+
+main()
