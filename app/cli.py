@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from app.core.config import get_settings
 
@@ -54,7 +55,8 @@ class Supervisor:
 
     MIN_BACKOFF, MAX_BACKOFF, HEALTHY_SECONDS = 1.0, 30.0, 60.0
 
-    def __init__(self, commands: dict[str, list[str]]) -> None:
+    def __init__(self, commands: dict[str, Callable[[], list[str]]]) -> None:
+        """``commands``: a name and a function giving its command line, called at each (re)start."""
         self.commands = commands
         self.procs: dict[str, subprocess.Popen] = {}
         self._started: dict[str, float] = {}
@@ -63,7 +65,7 @@ class Supervisor:
         self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
 
     def _start(self, name: str) -> None:
-        self.procs[name] = subprocess.Popen(self.commands[name], preexec_fn=_die_with_parent)
+        self.procs[name] = subprocess.Popen(self.commands[name](), preexec_fn=_die_with_parent)
         self._started[name] = time.monotonic()
         log.warning("supervisor: started %s (pid %d)", name, self.procs[name].pid)
 
@@ -130,7 +132,7 @@ def serve(with_worker: bool) -> int:
 
     settings = get_settings()
     migrate()
-    commands = {"worker": worker_command(settings.worker_concurrency), "beat": beat_command()}
+    commands = {"worker": lambda: worker_command(settings.worker_concurrency), "beat": beat_command}
     supervisor = Supervisor(commands).start() if with_worker else None
     try:
         uvicorn.run("app.main:app", host=settings.host, port=settings.port, log_level="info")

@@ -46,7 +46,7 @@ def test_training_goes_to_the_gpu_queue_mining_builds_and_sweeps_to_the_cpu_queu
 
 
 def test_supervisor_restarts_a_killed_child() -> None:
-    supervisor = Supervisor({"sleeper": [sys.executable, "-c", "import time; time.sleep(60)"]}).start()
+    supervisor = Supervisor({"sleeper": lambda: [sys.executable, "-c", "import time; time.sleep(60)"]}).start()
     try:
         first = supervisor.procs["sleeper"].pid
         os.kill(first, signal.SIGKILL)
