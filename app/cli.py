@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 from app.core.config import get_settings
@@ -28,13 +27,11 @@ def worker_command(concurrency: int) -> list[str]:
     """A Celery worker with ``concurrency`` processes (prefork), never threads: a training job holds
     process-wide state (torch's RNG and thread count, accelerate's AcceleratorState) that two jobs
     in one process would overwrite under each other. No beat inside (``-B``): a deployment runs one
-    beat (:func:`beat_command`), however many workers it has. A unique node name per start, so /health
-    tells a restarted worker from the one that died."""
+    beat (:func:`beat_command`), however many workers it has."""
     settings = get_settings()
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "-Q", ",".join(settings.consumed_queues()), "--pool", "prefork", "-c", str(concurrency),
-        "-n", f"retune-{uuid.uuid4().hex[:8]}@%h",
         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
 

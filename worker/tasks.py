@@ -42,13 +42,15 @@ def _sweep() -> None:
 @worker_ready.connect
 def recover_at_start(sender: object = None, **_: object) -> None:
     """Announce this worker (for /health); jobs and builds left by a dead worker resume at once."""
+    import os
     import socket
 
     from app.core.config import get_settings
     from app.services.supervision import WorkerPresence
 
     settings = get_settings()
-    name = getattr(sender, "hostname", None) or socket.gethostname()
+    # Node name and pid: a restarted worker (same host, same node name) is a new row, the dead one goes stale.
+    name = f"{getattr(sender, 'hostname', None) or socket.gethostname()}:{os.getpid()}"
     presence = WorkerPresence(name, settings.consumed_queues(), interval=max(1.0, settings.job_stale_seconds / 4))
     presence.start()
     _presence.append(presence)

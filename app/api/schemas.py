@@ -227,7 +227,7 @@ class SearchOut(BaseModel):
 
 
 class WorkerOut(Orm):
-    name: str = Field(description="The Celery node name (new at each start).")
+    name: str = Field(description="The Celery node name and the worker's pid: new at each start.")
     queues: str = Field(description="The queues it consumes, comma-separated.")
     seen_at: datetime
 

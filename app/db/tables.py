@@ -156,7 +156,7 @@ class WorkerSeen(Base):
 
     __tablename__ = "workers"
 
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # the Celery node name
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # "<Celery node name>:<pid>"
     queues: Mapped[str] = mapped_column(Text)  # comma-separated
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
