@@ -45,8 +45,14 @@ def test_training_goes_to_the_gpu_queue_mining_builds_and_sweeps_to_the_cpu_queu
     assert router.route({}, RECOVER)["queue"].name == "q2.cpu"
 
 
-def test_supervisor_restarts_a_killed_child() -> None:
-    supervisor = Supervisor({"sleeper": lambda: [sys.executable, "-c", "import time; time.sleep(60)"]}).start()
+def test_supervisor_restarts_a_killed_child_with_a_fresh_command() -> None:
+    built: list[int] = []
+
+    def sleeper() -> list[str]:
+        built.append(len(built))
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    supervisor = Supervisor({"sleeper": sleeper}).start()
     try:
         first = supervisor.procs["sleeper"].pid
         os.kill(first, signal.SIGKILL)
@@ -56,4 +62,5 @@ def test_supervisor_restarts_a_killed_child() -> None:
             time.sleep(0.1)
     finally:
         supervisor.stop(timeout=5)
+    assert built == [0, 1], "each (re)start asks for its command line again"
     assert all(proc.poll() is not None for proc in supervisor.procs.values())
