@@ -1,30 +1,105 @@
-"""``python -m app.cli serve``: migrate, start a Celery worker, serve the API. One command, one code path.
+"""``python -m app.cli serve``: migrate, start a Celery worker and beat, serve the API. One command, one code path.
 
+``serve`` supervises its worker and its beat: either one that dies is started again (with backoff), so a
+killed worker does not leave the API up with nobody to run jobs (docs/deployment.md).
 ``serve --no-worker`` is the API alone (production, where workers run as their own processes);
-``worker`` is a worker alone; ``migrate`` only migrates.
+``worker`` is a worker alone (queues: RETUNE_WORKER_QUEUES); ``beat`` is the one periodic-sweep sender
+of a deployment; ``migrate`` only migrates.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 from app.core.config import get_settings
+
+log = logging.getLogger("retune.supervisor")
 
 
 def worker_command(concurrency: int) -> list[str]:
     """A Celery worker with ``concurrency`` processes (prefork), never threads: a training job holds
     process-wide state (torch's RNG and thread count, accelerate's AcceleratorState) that two jobs
-    in one process would overwrite under each other."""
+    in one process would overwrite under each other. No beat inside (``-B``): a deployment runs one
+    beat (:func:`beat_command`), however many workers it has."""
     settings = get_settings()
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", settings.queue, "--pool", "prefork", "-c", str(concurrency),
-        "-B", "--schedule", str(settings.data_dir / f"celerybeat-{settings.queue}"),
+        "-Q", ",".join(settings.consumed_queues()), "--pool", "prefork", "-c", str(concurrency),
         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
+
+
+def beat_command() -> list[str]:
+    """Celery beat: sends the recovery sweep every RETUNE_RECOVERY_INTERVAL_SECONDS to the cpu queue."""
+    settings = get_settings()
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
+        "--schedule", str(settings.data_dir / f"celerybeat-{settings.queue}"), "--loglevel", "INFO",
+    ]  # fmt: skip
+
+
+class Supervisor:
+    """Keeps child processes running: one that exits is started again after a backoff (1 s, doubling
+    to 30 s; back to 1 s after a minute of running). Written by hand because the embedded mode is one
+    command with no process manager (systemd, supervisord) to lean on; production uses its own."""
+
+    MIN_BACKOFF, MAX_BACKOFF, HEALTHY_SECONDS = 1.0, 30.0, 60.0
+
+    def __init__(self, commands: dict[str, Callable[[], list[str]]]) -> None:
+        """``commands``: a name and a function giving its command line, called at each (re)start."""
+        self.commands = commands
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._started: dict[str, float] = {}
+        self._backoff = dict.fromkeys(commands, self.MIN_BACKOFF)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+
+    def _start(self, name: str) -> None:
+        self.procs[name] = subprocess.Popen(self.commands[name](), preexec_fn=_die_with_parent)
+        self._started[name] = time.monotonic()
+        log.warning("supervisor: started %s (pid %d)", name, self.procs[name].pid)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            for name, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                ran = time.monotonic() - self._started[name]
+                if ran >= self.HEALTHY_SECONDS:
+                    self._backoff[name] = self.MIN_BACKOFF
+                delay = self._backoff[name]
+                self._backoff[name] = min(self.MAX_BACKOFF, delay * 2)
+                log.warning("supervisor: %s (pid %d) exited with %s; restarting in %.0f s", name, proc.pid, code, delay)
+                if self._stop.wait(delay):
+                    return
+                self._start(name)
+
+    def start(self) -> Supervisor:
+        for name in self.commands:
+            self._start(name)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to each child (a worker finishes its step and hands its task back), then SIGKILL."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _die_with_parent() -> None:
@@ -54,20 +129,13 @@ def serve(with_worker: bool) -> int:
 
     settings = get_settings()
     migrate()
-    worker = (
-        subprocess.Popen(worker_command(settings.worker_concurrency), preexec_fn=_die_with_parent)
-        if with_worker
-        else None
-    )
+    commands = {"worker": lambda: worker_command(settings.worker_concurrency), "beat": beat_command}
+    supervisor = Supervisor(commands).start() if with_worker else None
     try:
         uvicorn.run("app.main:app", host=settings.host, port=settings.port, log_level="info")
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if supervisor is not None:
+            supervisor.stop()
     return 0
 
 
@@ -94,9 +162,10 @@ def keys(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retune")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve_parser = sub.add_parser("serve", help="migrate, start a worker and the API")
+    serve_parser = sub.add_parser("serve", help="migrate, start a supervised worker and beat, and the API")
     serve_parser.add_argument("--no-worker", action="store_true", help="API only")
-    sub.add_parser("worker", help="a Celery worker only")
+    sub.add_parser("worker", help="a Celery worker only (queues: RETUNE_WORKER_QUEUES)")
+    sub.add_parser("beat", help="the periodic recovery sweep's sender: run exactly one per deployment")
     sub.add_parser("migrate", help="bring the database to the newest schema")
     keys_parser = sub.add_parser("keys", help="create, list or revoke API keys")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
@@ -115,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         migrate()
         return subprocess.call(worker_command(get_settings().worker_concurrency))
+    if args.command == "beat":
+        migrate()
+        return subprocess.call(beat_command())
     return serve(with_worker=not args.no_worker)
 
 

@@ -1,9 +1,15 @@
 """Thin task wrappers: the work itself lives in app.services (runner) and app.training (engine)."""
 
-from celery.signals import task_postrun, worker_process_init, worker_ready
+from __future__ import annotations
+
+import signal
+
+from celery.signals import task_postrun, worker_process_init, worker_ready, worker_shutdown
 
 from app.core.queue import BUILD_INDEX, RECOVER, RUN_JOB
 from worker.celery_app import celery_app
+
+_presence: list[object] = []  # this worker's WorkerPresence, once ready (its main process only)
 
 
 @celery_app.task(name=RUN_JOB)
@@ -22,28 +28,62 @@ def build_index(index_id: str) -> None:
 
 @celery_app.task(name=RECOVER, ignore_result=True)
 def recover_lost_jobs() -> None:
+    _sweep()
+
+
+def _sweep() -> None:
+    from app.services.indexes import recover_lost_builds
     from app.services.job_runner import recover_lost_jobs as recover
 
     recover()
+    recover_lost_builds()
 
 
 @worker_ready.connect
-def recover_at_start(**_: object) -> None:
-    """Jobs left 'running' by a worker that died resume at once, not at the next sweep."""
-    from app.services.job_runner import recover_lost_jobs as recover
+def recover_at_start(sender: object = None, **_: object) -> None:
+    """Announce this worker (for /health); jobs and builds left by a dead worker resume at once."""
+    import os
+    import socket
 
-    recover()
+    from app.core.config import get_settings
+    from app.services.supervision import WorkerPresence
+
+    settings = get_settings()
+    # Node name and pid: a restarted worker (same host, same node name) is a new row, the dead one goes stale.
+    name = f"{getattr(sender, 'hostname', None) or socket.gethostname()}:{os.getpid()}"
+    presence = WorkerPresence(name, settings.consumed_queues(), interval=max(1.0, settings.job_stale_seconds / 4))
+    presence.start()
+    _presence.append(presence)
+    _sweep()
+
+
+@worker_shutdown.connect
+def withdraw_presence(**_: object) -> None:
+    for presence in _presence:
+        presence.stop()  # type: ignore[attr-defined]
 
 
 @worker_process_init.connect
 def prepare_worker_process(**_: object) -> None:
-    """Each forked worker process: its own database connections and torch thread count."""
+    """Each forked worker process: its own database connections and torch thread count, and death with
+    its parent: a SIGKILLed worker must not leave a pool process training on (its job is resumed)."""
     from app.core.config import get_settings
     from app.db.session import discard_inherited_connections
     from app.retrieval.device import configure_threads
 
+    _die_with_parent()
     discard_inherited_connections()
     configure_threads(get_settings().torch_threads)
+
+
+def _die_with_parent() -> None:
+    """Linux only (PR_SET_PDEATHSIG); elsewhere a pool process may outlive a killed worker."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 @task_postrun.connect

@@ -148,6 +148,21 @@ class JobOut(Orm):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    heartbeat_at: datetime | None = Field(None, description="Last sign of life from the worker running it.")
+    stalled: bool = Field(
+        False, description="running, but no heartbeat for RETUNE_JOB_STALE_SECONDS: its worker died or hangs."
+    )
+    resumed_from_step: int | None = Field(
+        None, description="The checkpoint step the latest attempt resumed from (the step shown restarted there)."
+    )
+
+    @model_validator(mode="after")
+    def _mark_stalled(self) -> JobOut:
+        from app.core.config import get_settings
+        from app.services.supervision import is_stalled
+
+        self.stalled = is_stalled(self.status, self.heartbeat_at, get_settings().job_stale_seconds)
+        return self
 
 
 class MetricPointOut(Orm):
@@ -272,3 +287,19 @@ class SearchOut(BaseModel):
         description="Which calibration map scored: first_stage (embedder), with_first_stage (reranker over an index "
         "of the embedder it was calibrated with) or reranker_only (any other index).",
     )
+
+
+class WorkerOut(Orm):
+    name: str = Field(description="The Celery node name and the worker's pid: new at each start.")
+    queues: str = Field(description="The queues it consumes, comma-separated.")
+    seen_at: datetime
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"] = Field(
+        description="ok: database and broker reachable and every queue has a live worker; degraded otherwise."
+    )
+    database: Literal["ok"] = Field(description="Unreachable database: the answer is a 503 instead.")
+    broker: Literal["ok", "unreachable"]
+    queues: dict[str, int] = Field(description="Live workers consuming each queue (gpu and cpu queue names).")
+    workers: list[WorkerOut]

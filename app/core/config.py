@@ -49,6 +49,15 @@ class Settings(BaseSettings):
         60, ge=2, description="A running job whose heartbeat is older than this is taken over by a starting worker."
     )
 
+    gpu_queue: str | None = Field(None, description="Celery queue of training jobs; default: RETUNE_QUEUE.")
+    cpu_queue: str | None = Field(
+        None, description="Celery queue of index builds, mining and sweeps; default: RETUNE_QUEUE + '.cpu'."
+    )
+    worker_queues: str = Field(
+        "gpu,cpu", description="Which queues `app.cli worker` consumes: 'gpu', 'cpu' or 'gpu,cpu'."
+    )
+    index_build_attempts: int = Field(3, ge=1, description="Builds of one index before it is marked failed.")
+
     bootstrap_key: str | None = Field(
         None, description="An admin API key to accept (set it in deployments; like TEI's --api-key)."
     )
@@ -71,6 +80,22 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def resolved_gpu_queue(self) -> str:
+        return self.gpu_queue or self.queue
+
+    @property
+    def resolved_cpu_queue(self) -> str:
+        return self.cpu_queue or f"{self.queue}.cpu"
+
+    def consumed_queues(self) -> list[str]:
+        """The Celery queues a worker started with these settings consumes (RETUNE_WORKER_QUEUES)."""
+        roles = {role.strip() for role in self.worker_queues.split(",") if role.strip()}
+        unknown = roles - {"gpu", "cpu"}
+        if unknown or not roles:
+            raise ValueError(f"RETUNE_WORKER_QUEUES: expected 'gpu', 'cpu' or 'gpu,cpu', got {self.worker_queues!r}")
+        return [q for role, q in (("gpu", self.resolved_gpu_queue), ("cpu", self.resolved_cpu_queue)) if role in roles]
 
     def ensure_dirs(self) -> None:
         for sub in ("datasets", "models", "indexes", "tmp"):

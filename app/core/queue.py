@@ -1,6 +1,10 @@
 """The Celery application, configured from Settings. The API only sends tasks by name through it;
 ``worker/`` registers the task bodies. Late acknowledgement: a task whose worker dies is delivered
 again instead of being lost.
+
+Two queues: training jobs go to the *gpu* queue, index builds, mining and the recovery sweep to the
+*cpu* queue, so machines without an accelerator can take the cheap work (Celery's own ``task_routes``;
+a job's kind picks its queue in :func:`queue_for_job`). The embedded worker consumes both.
 """
 
 from __future__ import annotations
@@ -12,24 +16,34 @@ from app.core.config import Settings
 RUN_JOB = "retune.run_job"
 BUILD_INDEX = "retune.build_index"
 RECOVER = "retune.recover_lost_jobs"
+CPU_JOB_KINDS = frozenset({"mine_negatives"})  # one encoding of a corpus: no accelerator needed
+
+
+def queue_for_job(settings: Settings, kind: str) -> str:
+    """The queue a job of ``kind`` is sent to: training on the gpu queue, mining on the cpu queue."""
+    return settings.resolved_cpu_queue if kind in CPU_JOB_KINDS else settings.resolved_gpu_queue
 
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("retune", broker=settings.resolved_broker_url)
     app.conf.update(
-        task_default_queue=settings.queue,
+        task_default_queue=settings.resolved_gpu_queue,
+        task_routes={
+            BUILD_INDEX: {"queue": settings.resolved_cpu_queue},
+            RECOVER: {"queue": settings.resolved_cpu_queue},
+        },
         task_ignore_result=True,  # job state lives in Retune's own SQL tables
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        # Celery beat (started with the worker: `-B`) sends the recovery sweep; no scheduler of our own.
+        # ONE Celery beat (`python -m app.cli beat`; `serve` runs one) sends the sweep; no scheduler of our own.
         beat_schedule={
             "recover-lost-jobs": {
                 "task": RECOVER,
                 "schedule": settings.recovery_interval_seconds,
-                "options": {"queue": settings.queue, "expires": settings.recovery_interval_seconds},
+                "options": {"queue": settings.resolved_cpu_queue, "expires": settings.recovery_interval_seconds},
             }
         },
     )
@@ -47,4 +61,5 @@ def prepare_sql_broker(settings: Settings) -> None:
     from kombu import Queue
 
     with make_celery(settings).connection_for_write() as connection:
-        Queue(settings.queue).bind(connection.default_channel).declare()
+        for name in (settings.resolved_gpu_queue, settings.resolved_cpu_queue):
+            Queue(name).bind(connection.default_channel).declare()

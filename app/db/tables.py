@@ -88,6 +88,8 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)  # its task was last sent then
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The checkpoint step the latest attempt resumed from (None: never resumed): explains a step going back.
+    resumed_from_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -121,6 +123,10 @@ class Index(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Like a job's: refreshed by the building worker; stale means it died (the sweep sends the build again).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ApiKey(Base):
@@ -143,3 +149,19 @@ class IndexAlias(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     index_id: Mapped[str] = mapped_column(ForeignKey("indexes.id", ondelete="RESTRICT"))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WorkerSeen(Base):
+    """A live Celery worker, refreshed by its main process: /health counts the fresh rows per queue.
+
+    Kept in SQL because the embedded SQL broker has no broadcast, so Celery's ``inspect ping`` cannot
+    reach workers there; one table works the same on both backends.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # "<Celery node name>:<pid>"
+    queues: Mapped[str] = mapped_column(Text)  # comma-separated
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
@@ -39,6 +40,8 @@ def create_index(session: Session, dataset_id: str, model_id: str, index_type: s
     session.commit()
     try:
         dispatch.enqueue(BUILD_INDEX, index_id)
+        row.dispatched_at = utcnow()
+        session.commit()
     except Exception:
         row.status, row.error = "failed", "could not be queued: the broker is unreachable"
         session.commit()
@@ -89,9 +92,38 @@ def list_aliases(session: Session) -> list[IndexAlias]:
     return list(session.scalars(select(IndexAlias).order_by(IndexAlias.name)))
 
 
+def _claim_build(index_id: str, stale_seconds: int) -> bool:
+    """Atomically take the build: building, and no live builder (never started, or its heartbeat is
+    stale). A second delivery of the same task finds a fresh heartbeat and builds nothing."""
+    now = utcnow()
+    with session_scope() as s:
+        return bool(
+            s.execute(
+                update(Index)
+                .where(
+                    Index.id == index_id,
+                    Index.status == "building",
+                    or_(Index.heartbeat_at.is_(None), Index.heartbeat_at < now - timedelta(seconds=stale_seconds)),
+                )
+                .values(heartbeat_at=now, attempts=Index.attempts + 1)
+            ).rowcount
+        )
+
+
 def build_index(index_id: str, settings: Settings | None = None) -> None:
-    """Worker side: encode the corpus, write the index to a staging folder, publish by rename."""
+    """Worker side: claim the build, then build it under a heartbeat (a dead builder is noticed)."""
+    from app.services.job_runner import Heartbeat
+
     settings = settings or get_settings()
+    if not _claim_build(index_id, settings.job_stale_seconds):
+        log.info("index %s: nothing to build (built, failed, or building elsewhere)", index_id)
+        return
+    with Heartbeat(index_id, interval=max(1.0, settings.job_stale_seconds / 4), table=Index):
+        _build_claimed(index_id, settings)
+
+
+def _build_claimed(index_id: str, settings: Settings) -> None:
+    """Encode the corpus, write the index to a staging folder, publish by rename."""
     with session_scope() as s:
         row = s.get(Index, index_id)
         if row is None or row.status != "building":
@@ -126,3 +158,32 @@ def build_index(index_id: str, settings: Settings | None = None) -> None:
         with session_scope() as s:
             row = s.get(Index, index_id)
             row.status, row.error, row.finished_at = "failed", f"{type(exc).__name__}: {exc}", utcnow()
+
+
+def recover_lost_builds(settings: Settings | None = None) -> list[str]:
+    """The sweep for index builds: one whose builder died (stale heartbeat) or whose message was lost
+    (never claimed, sent long ago) is sent again, until ``RETUNE_INDEX_BUILD_ATTEMPTS`` builds have
+    been started; then it is marked failed. No index stays ``building`` forever."""
+    settings = settings or get_settings()
+    now = utcnow()
+    dead = and_(
+        Index.heartbeat_at.is_not(None), Index.heartbeat_at < now - timedelta(seconds=settings.job_stale_seconds)
+    )
+    sent_before = now - timedelta(seconds=settings.redispatch_seconds)
+    unclaimed = and_(
+        Index.heartbeat_at.is_(None), or_(Index.dispatched_at.is_(None), Index.dispatched_at < sent_before)
+    )
+    with session_scope() as s:
+        lost = list(s.scalars(select(Index).where(Index.status == "building", or_(dead, unclaimed))))
+        resend = []
+        for row in lost:
+            if row.attempts >= settings.index_build_attempts:
+                row.status, row.finished_at = "failed", now
+                row.error = f"its builder died {row.attempts} times (worker killed or out of memory?)"
+            else:
+                row.dispatched_at = now
+                resend.append(row.id)
+    for index_id in resend:
+        log.warning("index %s: its build looks lost (dead worker or lost message): sending it again", index_id)
+        dispatch.enqueue(BUILD_INDEX, index_id)
+    return resend

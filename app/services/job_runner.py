@@ -14,11 +14,11 @@ import traceback
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 
 from app.core.config import Settings, get_settings
 from app.db.session import session_scope
-from app.db.tables import Dataset, Job, MetricPoint, Model, new_id, utcnow
+from app.db.tables import Dataset, Index, Job, MetricPoint, Model, new_id, utcnow
 from app.ingest import DatasetFormatError
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, load_embedder
@@ -68,6 +68,7 @@ class SqlObserver:
     def on_resume(self, step: int) -> None:
         with session_scope() as s:
             s.execute(delete(MetricPoint).where(MetricPoint.job_id == self.job_id, MetricPoint.step > step))
+            s.execute(update(Job).where(Job.id == self.job_id).values(step=step, resumed_from_step=step))
 
     def on_message(self, text: str) -> None:
         with session_scope() as s:
@@ -118,21 +119,25 @@ def _claim(job_id: str, stale_seconds: int) -> Job | None:
 
 
 class Heartbeat:
-    """Refreshes the job's heartbeat from a background thread, also during long evaluations."""
+    """Refreshes a row's ``heartbeat_at`` from a background thread, also during long evaluations.
 
-    def __init__(self, job_id: str, interval: float) -> None:
-        self.job_id = job_id
+    ``table`` is :class:`Job` or :class:`Index` (an index build is watched the same way).
+    """
+
+    def __init__(self, row_id: str, interval: float, table: type[Job] | type[Index] = Job) -> None:
+        self.row_id = row_id
         self.interval = interval
+        self.table = table
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{row_id[:8]}", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 with session_scope() as s:
-                    s.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))
+                    s.execute(update(self.table).where(self.table.id == self.row_id).values(heartbeat_at=utcnow()))
             except Exception:  # a database blip must not kill the training thread
-                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+                log.warning("heartbeat of %s %s failed", self.table.__tablename__, self.row_id, exc_info=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -148,26 +153,26 @@ def recover_lost_jobs(settings: Settings | None = None) -> list[str]:
 
     - running, but the heartbeat is stale: its worker died (it resumes from its checkpoint);
     - queued, and its task was sent long ago: the message may be lost (a broker restarted
-      without persistence). If it was not lost, the copy finds the job taken and does nothing.
+      without persistence). If it was not lost, the copy finds the job taken and does nothing;
+    - cancel requested while its worker was dead: nobody will stop it at a step, so it ends
+      ``cancelled`` here.
     Delivery is at least once; the atomic claim in ``_claim`` makes running exactly once.
     """
-    from app.core.queue import RUN_JOB
     from app.services import dispatch
 
     settings = settings or get_settings()
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.job_stale_seconds)
     sent_before = now - timedelta(seconds=settings.redispatch_seconds)
+    dead = and_(Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before))
+    _cancel_abandoned(dead)
     with session_scope() as s:
         lost = list(
-            s.scalars(
-                select(Job.id).where(
+            s.execute(
+                select(Job.id, Job.kind).where(
                     Job.cancel_requested.is_(False),
                     or_(
-                        and_(
-                            Job.status == "running",
-                            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before),
-                        ),
+                        dead,
                         and_(
                             Job.status == "queued",
                             or_(Job.dispatched_at.is_(None), Job.dispatched_at < sent_before),
@@ -176,12 +181,30 @@ def recover_lost_jobs(settings: Settings | None = None) -> list[str]:
                 )
             )
         )
-    for job_id in lost:
+    for job_id, kind in lost:
         log.warning("job %s looks lost (dead worker or lost message): sending it again", job_id)
-        dispatch.enqueue(RUN_JOB, job_id)
+        dispatch.enqueue_job(job_id, kind)
         with session_scope() as s:
             s.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow()))
-    return lost
+    return [job_id for job_id, _ in lost]
+
+
+def _cancel_abandoned(dead: ColumnElement[bool]) -> None:
+    """Cancel requested, but the worker that would honour it at the next step is dead."""
+    now = utcnow()
+    with session_scope() as s:
+        ended = s.execute(
+            update(Job)
+            .where(Job.cancel_requested.is_(True), or_(dead, Job.status == "queued"))
+            .values(status="cancelled", finished_at=now, message=_append_message("cancelled while its worker was down"))
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    if ended:
+        log.warning("%d job(s) cancelled while their worker was down: ended as cancelled", ended)
+
+
+def _append_message(text: str) -> ColumnElement[str]:
+    return case((Job.message.is_(None), text), else_=Job.message + "\n" + text)
 
 
 def _finish(job_id: str, status: str, **fields: object) -> None:

@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import ConflictError, InvalidRequestError
-from app.core.queue import RUN_JOB
 from app.db.tables import Dataset, Job, MetricPoint, Model, utcnow
 from app.services import dispatch
 from app.services.datasets import get_dataset
@@ -132,7 +131,7 @@ def create_job(
     session.add(job)
     session.commit()
     try:
-        dispatch.enqueue(RUN_JOB, job.id)
+        dispatch.enqueue_job(job.id, job.kind)
         job.dispatched_at = utcnow()
         session.commit()
     except Exception:

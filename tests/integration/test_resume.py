@@ -44,7 +44,7 @@ def expected_learning_rates(total: int, warmup_ratio: float, base_lr: float) -> 
 
 
 def _worker_pids(queue: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "--", f"-Q {queue} "], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", "--", f"-Q {queue},"], capture_output=True, text=True).stdout
     return [int(pid) for pid in out.split()]
 
 
