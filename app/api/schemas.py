@@ -103,6 +103,9 @@ class JobOut(Orm):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    estimated_finish: datetime | None = Field(
+        None, description="Running jobs: when it should finish at its step rate since started_at."
+    )
 
 
 class MetricPointOut(Orm):
@@ -209,3 +212,22 @@ class SearchOut(BaseModel):
     index_id: str = Field(description="The index version that answered (an alias is resolved once).")
     results: list[SearchHitOut] = Field(description="The hits of `query` (of the first query with `queries`).")
     batch: list[list[SearchHitOut]] | None = Field(None, description="With `queries`: one list per query.")
+
+
+class JobEventOut(Orm):
+    """One thing that happened to a job (the shape of OpenAI's fine-tuning events)."""
+
+    id: int = Field(description="Increasing per service: the `after` cursor and the SSE `id` / `Last-Event-ID`.")
+    created_at: datetime
+    level: Literal["info", "warn", "error"]
+    type: Literal["message", "metrics", "status"]
+    message: str
+    data: dict[str, Any] | None = Field(
+        None, description="status: {status}; metrics: {step, split, <name>: value, ...}; message: null."
+    )
+
+
+class JobEventsOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEventOut]
+    has_more: bool

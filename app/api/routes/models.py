@@ -1,15 +1,18 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import DbSession, ReadAccess
+from app.api.pagination import PageQuery, paginate
 from app.api.schemas import ModelOut
-from app.services import models
+from app.services import listing, models
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.get("", response_model=list[ModelOut], dependencies=[ReadAccess])
-def list_models(db: DbSession) -> list[ModelOut]:
-    return [ModelOut.model_validate(m) for m in models.list_models(db)]
+def list_models(db: DbSession, request: Request, response: Response, page: PageQuery) -> list[ModelOut]:
+    """Oldest first. Pagination: `X-Has-More` and `Link: <...>; rel="next"` headers."""
+    found = listing.page_models(db, page.after, page.limit)
+    return [ModelOut.model_validate(m) for m in paginate(request, response, found)]
 
 
 @router.get("/{model_id}", response_model=ModelOut, dependencies=[ReadAccess])
