@@ -9,10 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ErrorOut(BaseModel):
-    """Every error answer. ``detail`` is a sentence, or FastAPI's list of validation problems;
-    upload errors also name the file, line and field."""
+    """Every error answer of Retune's routes. ``detail`` is one sentence; ``field`` the (first) bad field's
+    dotted path, e.g. ``params.batch_size``; upload errors also name the file and line."""
 
-    detail: str | list[dict[str, Any]]
+    detail: str
     file: str | None = None
     line: int | None = None
     field: str | None = None
