@@ -44,17 +44,20 @@ def _sse(service: Service, job_id: str, last_event_id: int | None = None, stop_a
     if last_event_id is not None:
         headers["Last-Event-ID"] = str(last_event_id)
     received: list[dict] = []
-    ids: list[int] = []
+    fields: dict[str, str] = {}
     with service.client.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=300) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
-            if line.startswith("id:"):
-                ids.append(int(line[3:].strip()))
-            elif line.startswith("data:"):
-                received.append(json.loads(line[5:].strip()))
-                assert received[-1]["id"] == ids[-1], "the SSE id is the event's own id"
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+                continue
+            if "data" in fields:  # a blank line ends an event
+                received.append(json.loads(fields["data"]))
+                assert str(received[-1]["id"]) == fields["id"], "the SSE id is the event's own id"
                 if stop_after is not None and len(received) >= stop_after:
                     break
+            fields = {}
     return received
 
 
