@@ -19,7 +19,7 @@ from starlette.routing import Match
 from app.api.errors import is_retune_route, validation_response
 from app.api.routes import datasets, health, indexes, jobs, keys, models, search
 from app.api.routes import metrics as metrics_route
-from app.api.schemas import ERROR_RESPONSES
+from app.api.schemas import ERROR_RESPONSES, JOB_KINDS
 from app.core.config import get_settings
 from app.core.errors import RetuneError
 from app.db.session import session_scope
@@ -74,7 +74,7 @@ def create_app() -> FastAPI:
     async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
         if not is_retune_route(request.url.path):
             return await request_validation_exception_handler(request, exc)
-        return validation_response(exc)
+        return validation_response(exc, JOB_KINDS)
 
     @app.exception_handler(RetuneError)
     async def _retune_error(_: Request, exc: RetuneError) -> JSONResponse:

@@ -33,13 +33,22 @@ def dotted_field(loc: Sequence[Any], tags: frozenset[str] = frozenset()) -> str:
     return ".".join(p for p in parts if p not in tags) or (str(loc[0]) if loc else "body")
 
 
+def _field_of(error: dict[str, Any], tags: frozenset[str]) -> str:
+    """A bad or missing union tag is the tag field's fault (``kind``), not the whole body's."""
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        parent = dotted_field(error["loc"], tags) if len(error["loc"]) > 1 else ""
+        return f"{parent}.kind" if parent else "kind"
+    return dotted_field(error["loc"], tags)
+
+
 def validation_response(exc: RequestValidationError, tags: frozenset[str] = frozenset()) -> JSONResponse:
     errors = list(exc.errors())
     if not errors:
         return JSONResponse({"detail": "invalid request"}, status_code=422)
     if any(e["type"] in UNPARSABLE and len(e["loc"]) <= 2 for e in errors):
         return JSONResponse({"detail": f"the body could not be parsed: {errors[0]['msg']}"}, status_code=400)
-    problems = [f"{dotted_field(e['loc'], tags)}: {e['msg']}" for e in errors]
-    body = {"detail": "; ".join(problems), "field": dotted_field(errors[0]["loc"], tags)}
+    fields = [_field_of(e, tags) for e in errors]
+    problems = [f"{field}: {e['msg']}" for field, e in zip(fields, errors, strict=True)]
+    body = {"detail": "; ".join(problems), "field": fields[0]}
     status = 422
     return JSONResponse(body, status_code=status)

@@ -141,8 +141,8 @@ def test_lists_paginate_with_headers_and_filter(service: Service) -> None:
         client.post("/jobs", json={"kind": "embedder", "dataset_id": made[0], "params": {"max_steps": 1}}).json(),
         client.post("/jobs", json={"kind": "embedder", "dataset_id": made[1], "params": {"max_steps": 1}}).json(),
     ]
-    for job in jobs:
-        assert client.post(f"/jobs/{job['id']}/cancel").status_code == 200
+    for job in jobs:  # a fast worker may have finished it already (409): either way it ends
+        assert client.post(f"/jobs/{job['id']}/cancel").status_code in (200, 409)
     final = [service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=300) for job in jobs]
     only = client.get("/jobs", params={"dataset_id": made[0]})
     assert [j["id"] for j in only.json()] == [jobs[0]["id"]] and only.headers["x-has-more"] == "false"

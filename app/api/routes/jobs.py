@@ -40,7 +40,7 @@ def create_job(body: JobIn, db: DbSession, settings: SettingsDep) -> JobOut:
         body.base_model,
         # Only what the client sent: a mine_negatives job refuses any eval field, even the default seed.
         body.eval.model_dump(exclude_none=True, exclude_unset=True),
-        body.params,
+        body.params.model_dump(mode="json", exclude_unset=True),
     )
     return _out(db, job)
 
