@@ -212,3 +212,20 @@ def test_validation_errors_have_one_shape(service: Service) -> None:
     assert unparsable.status_code == 400 and isinstance(unparsable.json()["detail"], str)
     query = client.get("/jobs", params={"limit": 0})
     assert query.status_code == 422 and query.json()["field"] == "limit"
+
+
+@pytest.mark.integration
+def test_failed_job_is_a_failed_task_and_its_log_lines_name_it(service: Service) -> None:
+    """One judged training query cannot be split into training and held-out queries: the job fails."""
+    dataset = _upload(service, "fails")
+    created = service.client.post("/jobs", json={"kind": "embedder", "dataset_id": dataset["id"]})
+    assert created.status_code == 202, created.text
+    job = service.wait_for(f"/jobs/{created.json()['id']}", job_finished, timeout=300)
+    assert job["status"] == "failed", job
+    log = service.log_path.read_text(errors="replace")
+    failed_lines = [line for line in log.splitlines() if f"JobFailedError: job {job['id']} failed" in line]
+    assert failed_lines, service.log_tail()
+    assert f"[job {job['id']}]" in log, "the worker's lines of the job carry its id"
+    events = service.client.get(f"/jobs/{job['id']}/events").json()["data"]
+    assert events[-1]["type"] == "status" and events[-1]["level"] == "error"
+    assert events[-1]["data"]["status"] == "failed" and job["error"].splitlines()[0] in events[-1]["message"]
