@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.session import session_scope
 from app.db.tables import JobEvent
 
 STATUS_LEVELS = {"failed": "error", "cancelled": "warn"}
@@ -30,14 +29,6 @@ def add_event(
 def add_status_event(session: Session, job_id: str, status: str, detail: str | None = None) -> JobEvent:
     message = f"job {status}" + (f": {detail}" if detail else "")
     return add_event(session, job_id, "status", message, {"status": status}, STATUS_LEVELS.get(status, "info"))
-
-
-def record_event(
-    job_id: str, type_: str, message: str, data: dict[str, Any] | None = None, level: str = "info"
-) -> None:
-    """Append one event in its own short transaction (the worker's observer, as things happen)."""
-    with session_scope() as s:
-        add_event(s, job_id, type_, message, data, level)
 
 
 def list_events(session: Session, job_id: str, after: int | None, limit: int) -> list[JobEvent]:
