@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from app.core.errors import InvalidRequestError
+from app.core.errors import NotFoundError
 
 Row = TypeVar("Row")
 
@@ -34,8 +34,8 @@ def keyset_page(
     """Rows of ``stmt`` ordered by ``order`` (its last column unique), strictly past the row ``after``."""
     if after is not None:
         anchor = session.get(table, after)
-        if anchor is None:
-            raise InvalidRequestError(f"after: '{after}' is not an id of this list")
+        if anchor is None:  # 404 like any unknown id: the row a cursor names is gone or never was
+            raise NotFoundError("cursor 'after': item", after)
         key = tuple_(*order)
         anchor_key = tuple_(*(getattr(anchor, column.key) for column in order))
         stmt = stmt.where(key < anchor_key if newest_first else key > anchor_key)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.errors import dotted_field, is_retune_route, validation_response
 from app.api.schemas import JOB_KINDS, JobIn
-from app.core.errors import InvalidRequestError
+from app.core.errors import NotFoundError
 from app.db.tables import Base, Dataset, IndexAlias, Job, JobEvent, MetricPoint
 from app.services import events, job_runner
 from app.services.jobs import estimated_finish
@@ -61,7 +61,7 @@ def test_alias_pages_by_name_and_unknown_cursor_refused(factory: sessionmaker[Se
         assert [a.name for a in first.items] == ["a", "b"] and first.has_more
         rest = page_aliases(s, "b", 2)
         assert [a.name for a in rest.items] == ["c"] and not rest.has_more
-        with pytest.raises(InvalidRequestError, match="nope"):
+        with pytest.raises(NotFoundError, match="nope"):
             page_aliases(s, "nope", 2)
 
 
