@@ -99,12 +99,15 @@ def job_events(
     request: Request,
     after: Annotated[int | None, Query(ge=0, description="Cursor: the id of the last event seen.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=40, description="An event id; others are ignored.")
+    ] = None,
 ) -> JobEventsOut | StreamingResponse:
     """Oldest first. With `Accept: text/event-stream`: server-sent events until the job has finished,
     resumable with `Last-Event-ID` (each event once: its `id` is the cursor)."""
     jobs.get_job(db, job_id)
-    cursor = last_event_id if last_event_id is not None else after
+    # EventSource sends back whatever id it saw last; only ours (digits) can be resumed from.
+    cursor = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else after
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(_event_stream(job_id, cursor), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
