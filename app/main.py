@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.api.errors import is_retune_route, validation_response
 from app.api.routes import datasets, health, indexes, jobs, keys, models, search
+from app.api.routes import metrics as metrics_route
 from app.api.routes.ui import mount_ui
-from app.api.schemas import ERROR_RESPONSES
+from app.api.schemas import ERROR_RESPONSES, JOB_KINDS
 from app.core.config import get_settings
 from app.core.errors import RetuneError
 from app.db.session import session_scope
 from app.ingest import DatasetFormatError, DatasetTooLargeError
 from app.retrieval.device import configure_threads
-from app.services import api_keys
+from app.services import api_keys, telemetry
 from app.services.models import ensure_bundled_models
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,24 @@ def create_app() -> FastAPI:
         app.include_router(module.router)
     app.include_router(indexes.aliases)
     mount_ui(app)
+
+    app.include_router(metrics_route.router)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """te_request_count / te_request_duration by route template (unmatched paths share one label)."""
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", None) or "<unmatched>"
+        telemetry.observe_request(request.method, template, response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if not is_retune_route(request.url.path):
+            return await request_validation_exception_handler(request, exc)
+        return validation_response(exc, JOB_KINDS)
 
     @app.exception_handler(RetuneError)
     async def _retune_error(_: Request, exc: RetuneError) -> JSONResponse:

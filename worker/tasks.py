@@ -14,9 +14,14 @@ _presence: list[object] = []  # this worker's WorkerPresence, once ready (its ma
 
 @celery_app.task(name=RUN_JOB)
 def run_job(job_id: str) -> None:
+    """A failed job ends as a failed task (logged so by Celery); acked all the same, so never retried."""
+    from app.core.job_context import job_logging
     from app.services.job_runner import run_job as run
+    from app.services.jobs import raise_if_failed
 
-    run(job_id)
+    with job_logging(job_id):
+        run(job_id)
+        raise_if_failed(job_id)
 
 
 @celery_app.task(name=BUILD_INDEX)

@@ -44,6 +44,8 @@ def require(scope: str):
     return check
 
 
+bearer = _bearer  # for routes with their own access rule (GET /metrics)
+
 ReadAccess = Depends(require("read"))
 WriteAccess = Depends(require("write"))
 AdminAccess = Depends(require("admin"))

@@ -7,12 +7,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.core.config import get_settings
+from app.training.params import EmbedderParams, MiningParams, RerankerParams
+
+_SETTINGS = get_settings()  # the process's configured search bounds appear in the schema
+
 
 class ErrorOut(BaseModel):
-    """Every error answer. ``detail`` is a sentence, or FastAPI's list of validation problems;
-    upload errors also name the file, line and field."""
+    """Every error answer of Retune's routes. ``detail`` is one sentence; ``field`` the (first) bad field's
+    dotted path, e.g. ``params.batch_size``; upload errors also name the file and line."""
 
-    detail: str | list[dict[str, Any]]
+    detail: str
     file: str | None = None
     line: int | None = None
     field: str | None = None
@@ -113,19 +118,37 @@ class EvalSpecIn(BaseModel):
     )
 
 
-class JobIn(BaseModel):
+class _JobInBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    kind: Literal["embedder", "reranker", "mine_negatives"] = Field(
-        description="mine_negatives: no training; writes a new training dataset with hard negatives "
-        "mined by base_model (see output_dataset_id)."
-    )
     dataset_id: str
     base_model: str | None = Field(
         None, description="Model id, local directory or Hugging Face id (mine_negatives: the embedder that ranks)."
     )
     eval: EvalSpecIn = Field(default_factory=EvalSpecIn, description="Not allowed for mine_negatives.")
-    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EmbedderJobIn(_JobInBase):
+    kind: Literal["embedder"] = Field(description="Fine-tune a bi-encoder (embedding model).")
+    params: EmbedderParams = Field(default_factory=EmbedderParams)
+
+
+class RerankerJobIn(_JobInBase):
+    kind: Literal["reranker"] = Field(description="Train a cross-encoder reranker.")
+    params: RerankerParams = Field(default_factory=RerankerParams)
+
+
+class MiningJobIn(_JobInBase):
+    kind: Literal["mine_negatives"] = Field(
+        description="No training; writes a new training dataset with hard negatives mined by base_model "
+        "(see output_dataset_id)."
+    )
+    params: MiningParams = Field(default_factory=MiningParams)
+
+
+# Discriminated on `kind`: the OpenAPI schema shows each kind's params (components EmbedderParams, ...).
+JobIn = Annotated[EmbedderJobIn | RerankerJobIn | MiningJobIn, Field(discriminator="kind")]
+JOB_KINDS = frozenset({"embedder", "reranker", "mine_negatives"})
 
 
 class JobOut(Orm):
@@ -163,6 +186,10 @@ class JobOut(Orm):
 
         self.stalled = is_stalled(self.status, self.heartbeat_at, get_settings().job_stale_seconds)
         return self
+
+    estimated_finish: datetime | None = Field(
+        None, description="Running jobs: when it should finish at its step rate since started_at."
+    )
 
 
 class MetricPointOut(Orm):
@@ -231,8 +258,8 @@ class SearchIn(BaseModel):
     queries: list[Annotated[str, Field(min_length=1, max_length=10_000)]] | None = Field(
         None, min_length=1, description="Several queries in one call (instead of `query`)."
     )
-    top_k: int = Field(10, ge=1)
-    recall_k: int = Field(100, ge=1)
+    top_k: int = Field(10, ge=1, le=_SETTINGS.max_top_k, description="RETUNE_MAX_TOP_K bounds it.")
+    recall_k: int = Field(100, ge=1, le=_SETTINGS.max_recall_k, description="RETUNE_MAX_RECALL_K bounds it.")
     reranker_id: str | None = None
     threshold: float | None = Field(
         None,
@@ -303,3 +330,22 @@ class HealthOut(BaseModel):
     broker: Literal["ok", "unreachable"]
     queues: dict[str, int] = Field(description="Live workers consuming each queue (gpu and cpu queue names).")
     workers: list[WorkerOut]
+
+
+class JobEventOut(Orm):
+    """One thing that happened to a job (the shape of OpenAI's fine-tuning events)."""
+
+    id: int = Field(description="Increasing per service: the `after` cursor and the SSE `id` / `Last-Event-ID`.")
+    created_at: datetime
+    level: Literal["info", "warn", "error"]
+    type: Literal["message", "metrics", "status"]
+    message: str
+    data: dict[str, Any] | None = Field(
+        None, description="status: {status}; metrics: {step, split, <name>: value, ...}; message: null."
+    )
+
+
+class JobEventsOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEventOut]
+    has_more: bool

@@ -7,10 +7,11 @@ PostgreSQL and Redis and changes nothing else.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -72,6 +73,18 @@ class Settings(BaseSettings):
     max_model_upload_bytes: int = Field(
         4 * 1024**3, description="Bound on an uploaded model archive and on its extracted files (POST /models)."
     )
+
+    metrics_allow: list[str] = Field(
+        default_factory=list,
+        description="CIDRs (JSON list) whose clients may read GET /metrics without a key; others need an admin key.",
+    )
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _valid_networks(cls, networks: list[str]) -> list[str]:
+        for net in networks:
+            ipaddress.ip_network(net, strict=False)  # ValueError names the bad one at start, not at a scrape
+        return networks
 
     @property
     def resolved_database_url(self) -> str:

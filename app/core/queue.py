@@ -38,6 +38,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        worker_redirect_stdouts_level="INFO",  # printed training logs (loss lines) are not warnings
         # ONE Celery beat (`python -m app.cli beat`; `serve` runs one) sends the sweep; no scheduler of our own.
         beat_schedule={
             "recover-lost-jobs": {

@@ -165,3 +165,20 @@ class WorkerSeen(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class JobEvent(Base):
+    """What happened to a job, in order (OpenAI fine-tuning events): status changes, messages, metrics.
+
+    The integer id is the cursor of ``GET /jobs/{id}/events?after=`` and the SSE ``Last-Event-ID``.
+    """
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(String(10), default="info")  # "info" | "warn" | "error"
+    type: Mapped[str] = mapped_column(String(10))  # "message" | "metrics" | "status"
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

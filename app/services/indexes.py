@@ -28,7 +28,13 @@ META_FILE = "meta.json"
 
 
 def create_index(session: Session, dataset_id: str, model_id: str, index_type: str = "auto") -> Index:
-    get_dataset(session, dataset_id)
+    dataset = get_dataset(session, dataset_id)
+    if dataset.format != "beir":
+        # Refused at once rather than failing in the worker: a training file has no corpus of its own.
+        raise InvalidRequestError(
+            f"dataset '{dataset_id}' is a {dataset.format} training file, not a corpus; an index needs a BEIR "
+            'dataset: upload a .zip/.tar.gz with corpus.jsonl (one {"_id", "text"} per line)'
+        )
     model = get_model(session, model_id)
     if model.kind != "embedder":
         raise InvalidRequestError(f"model '{model_id}' is a {model.kind}; an index needs an embedder")
@@ -82,6 +88,27 @@ def set_alias(session: Session, name: str, index_id: str) -> IndexAlias:
         alias.index_id, alias.updated_at = index_id, utcnow()
     session.commit()
     return alias
+
+
+def delete_index(session: Session, settings: Settings, index_id: str) -> None:
+    """409 names the alias that points at it, or says it is building (its worker would write it back)."""
+    row = get_index(session, index_id)
+    alias = session.scalar(select(IndexAlias.name).where(IndexAlias.index_id == index_id).limit(1))
+    if alias is not None:
+        raise ConflictError(
+            f"index '{index_id}' is the target of alias '{alias}'; point the alias elsewhere or delete it first"
+        )
+    if row.status == "building":
+        raise ConflictError(f"index '{index_id}' is building; delete it once it is ready or failed")
+    path = storage.absolute(settings, row.path)
+    session.delete(row)
+    session.commit()
+    storage.remove(path)
+
+
+def delete_alias(session: Session, name: str) -> None:
+    session.delete(get_alias(session, name))
+    session.commit()
 
 
 def get_alias(session: Session, name: str) -> IndexAlias:

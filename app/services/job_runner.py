@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
 from app.db.session import session_scope
@@ -22,7 +23,7 @@ from app.db.tables import Dataset, Index, Job, MetricPoint, Model, new_id, utcno
 from app.ingest import DatasetFormatError
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, load_embedder
-from app.services import storage
+from app.services import events, storage
 from app.services.datasets import store_training_examples
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
 from app.services.provenance import trained_hashes, write_provenance
@@ -45,13 +46,31 @@ class SqlObserver:
         self.poll_seconds = poll_seconds
         self._last_poll = 0.0
         self._stop = False
+        # Metrics of one (step, split) become one "metrics" event, written when the next group starts.
+        self._pending: tuple[int, str] | None = None
+        self._pending_values: dict[str, float] = {}
 
     def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
         with session_scope() as s:
+            if self._pending != (step, split):
+                self._flush_metrics(s)
+                self._pending = (step, split)
+            self._pending_values[name] = value
             s.add(MetricPoint(job_id=self.job_id, step=step, epoch=epoch, name=name, value=value, split=split))
+
+    def _flush_metrics(self, session: Session) -> None:
+        """The pending (step, split) group as one event: data {step, split, name: value, ...}."""
+        if self._pending is None:
+            return
+        step, split = self._pending
+        data = {"step": step, "split": split, **self._pending_values}
+        message = events.metrics_message(step, split, self._pending_values)
+        events.add_event(session, self.job_id, "metrics", message, data)
+        self._pending, self._pending_values = None, {}
 
     def on_progress(self, step: int, total_steps: int) -> None:
         with session_scope() as s:
+            self._flush_metrics(s)
             job = s.get(Job, self.job_id)
             if job is not None:
                 job.step, job.total_steps = step, total_steps
@@ -67,6 +86,7 @@ class SqlObserver:
 
     def on_resume(self, step: int) -> None:
         with session_scope() as s:
+            self._flush_metrics(s)
             s.execute(delete(MetricPoint).where(MetricPoint.job_id == self.job_id, MetricPoint.step > step))
             s.execute(update(Job).where(Job.id == self.job_id).values(step=step, resumed_from_step=step))
 
@@ -75,6 +95,8 @@ class SqlObserver:
             job = s.get(Job, self.job_id)
             if job is not None:
                 job.message = f"{job.message}\n{text}" if job.message else text
+                self._flush_metrics(s)
+                events.add_event(s, self.job_id, "message", text)
 
 
 def _claim(job_id: str, stale_seconds: int) -> Job | None:
@@ -112,7 +134,9 @@ def _claim(job_id: str, stale_seconds: int) -> Job | None:
         if not taken:
             if job.cancel_requested and job.status in {"queued", "running"}:
                 job.status, job.finished_at = "cancelled", now
+                events.add_status_event(s, job_id, "cancelled")
             return None
+        events.add_status_event(s, job_id, "running" if job.attempts <= 1 else "resumed", f"attempt {job.attempts}")
         s.flush()
         s.expunge(job)
         return job
@@ -215,6 +239,8 @@ def _finish(job_id: str, status: str, **fields: object) -> None:
         job.status, job.finished_at = status, utcnow()
         for key, value in fields.items():
             setattr(job, key, value)
+        error = fields.get("error")
+        events.add_status_event(s, job_id, status, str(error).splitlines()[0] if error else None)
 
 
 def run_job(job_id: str, settings: Settings | None = None) -> None:
@@ -363,6 +389,8 @@ def _mine_into_dataset(
                 row.status, row.finished_at, row.output_dataset_id = "succeeded", utcnow(), dataset_id
                 note = f"new training dataset {dataset_id}"
                 row.message = f"{row.message}\n{note}" if row.message else note
+                events.add_event(s, job.id, "message", note)
+                events.add_status_event(s, job.id, "succeeded")
     except BaseException:
         storage.remove(storage.absolute(settings, storage.dataset_rel(dataset_id)))
         raise

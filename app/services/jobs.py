@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import ConflictError, InvalidRequestError
-from app.db.tables import Dataset, Job, MetricPoint, Model, utcnow
-from app.services import dispatch
+from app.db.session import session_scope
+from app.db.tables import Dataset, Job, JobEvent, MetricPoint, Model, utcnow
+from app.services import dispatch, events, storage
 from app.services.datasets import get_dataset
 from app.services.lookup import get_or_404
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
@@ -129,6 +131,8 @@ def create_job(
         clean_eval["contaminated"] = True
     job = Job(kind=kind, dataset_id=dataset.id, base_model=base, params=clean_params, eval=clean_eval)
     session.add(job)
+    session.flush()
+    events.add_status_event(session, job.id, "queued")
     session.commit()
     try:
         dispatch.enqueue_job(job.id, job.kind)
@@ -136,6 +140,7 @@ def create_job(
         session.commit()
     except Exception:
         job.status, job.error, job.finished_at = "failed", "could not be queued: the broker is unreachable", utcnow()
+        events.add_status_event(session, job.id, "failed", job.error)
         session.commit()
         raise
     return job
@@ -157,10 +162,54 @@ def cancel_job(session: Session, job_id: str) -> Job:
     job.cancel_requested = True
     if job.status == "queued":
         job.status, job.finished_at, job.message = "cancelled", utcnow(), "cancelled before it started"
+        events.add_status_event(session, job_id, "cancelled", job.message)
+    else:
+        events.add_event(session, job_id, "message", "cancel requested: the job stops at its next step")
     session.commit()
     return job
 
 
-def job_metrics(session: Session, job_id: str) -> list[MetricPoint]:
+def job_metrics(
+    session: Session, job_id: str, after_step: int | None = None, names: list[str] | None = None
+) -> list[MetricPoint]:
+    """Metric points in the order recorded; ``after_step`` keeps steps above it, ``names`` those names."""
     get_job(session, job_id)
-    return list(session.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.id)))
+    stmt = select(MetricPoint).where(MetricPoint.job_id == job_id)
+    if after_step is not None:
+        stmt = stmt.where(MetricPoint.step > after_step)
+    if names:
+        stmt = stmt.where(MetricPoint.name.in_(names))
+    return list(session.scalars(stmt.order_by(MetricPoint.id)))
+
+
+def delete_job(session: Session, settings: Settings, job_id: str) -> None:
+    """A finished job with its metrics, events and work files; the model or dataset it produced stays."""
+    job = get_job(session, job_id)
+    if job.status not in FINAL_STATUSES:
+        raise ConflictError(f"job '{job_id}' is {job.status}; cancel it and wait until it stops before deleting it")
+    session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id))
+    session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
+    session.delete(job)
+    session.commit()
+    storage.remove(settings.data_dir / "work" / job_id)
+
+
+def estimated_finish(job: Job, now: datetime | None = None) -> datetime | None:
+    """A running job's finish time at its step rate since it started (None until a step is done)."""
+    if job.status != "running" or not job.started_at or not job.total_steps or job.step <= 0:
+        return None
+    elapsed = (now or utcnow()) - job.started_at
+    return job.started_at + elapsed * (job.total_steps / job.step)
+
+
+class JobFailedError(RuntimeError):
+    """Raised by the worker's task after the job was marked failed, so Celery logs the task as failed."""
+
+
+def raise_if_failed(job_id: str) -> None:
+    """The task's outcome for Celery: the job was already marked failed (and its task is acked, never
+    retried: a redelivered copy finds the job finished and does nothing)."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.status == "failed":
+            raise JobFailedError(f"job {job_id} failed: {(job.error or '').splitlines()[0] if job.error else ''}")

@@ -1,10 +1,11 @@
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 
 from app.api.deps import DbSession, ReadAccess, SettingsDep, WriteAccess
+from app.api.pagination import PageQuery, paginate
 from app.api.schemas import DatasetOut
-from app.services import datasets
+from app.services import datasets, listing
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -21,8 +22,10 @@ def upload_dataset(
 
 
 @router.get("", response_model=list[DatasetOut], dependencies=[ReadAccess])
-def list_datasets(db: DbSession) -> list[DatasetOut]:
-    return [DatasetOut.model_validate(r) for r in datasets.list_datasets(db)]
+def list_datasets(db: DbSession, request: Request, response: Response, page: PageQuery) -> list[DatasetOut]:
+    """Newest first. Pagination: `X-Has-More` and `Link: <...>; rel="next"` headers."""
+    found = listing.page_datasets(db, page.after, page.limit)
+    return [DatasetOut.model_validate(r) for r in paginate(request, response, found)]
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, dependencies=[ReadAccess])

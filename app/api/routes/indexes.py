@@ -1,10 +1,11 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, Response, status
 
-from app.api.deps import DbSession, ReadAccess, WriteAccess
+from app.api.deps import DbSession, ReadAccess, SettingsDep, WriteAccess
+from app.api.pagination import PageQuery, paginate
 from app.api.schemas import AliasIn, AliasOut, IndexIn, IndexOut
-from app.services import indexes
+from app.services import indexes, listing
 
 router = APIRouter(prefix="/indexes", tags=["indexes"])
 
@@ -15,13 +16,21 @@ def create_index(body: IndexIn, db: DbSession) -> IndexOut:
 
 
 @router.get("", response_model=list[IndexOut], dependencies=[ReadAccess])
-def list_indexes(db: DbSession) -> list[IndexOut]:
-    return [IndexOut.model_validate(i) for i in indexes.list_indexes(db)]
+def list_indexes(db: DbSession, request: Request, response: Response, page: PageQuery) -> list[IndexOut]:
+    """Newest first. Pagination: `X-Has-More` and `Link: <...>; rel="next"` headers."""
+    found = listing.page_indexes(db, page.after, page.limit)
+    return [IndexOut.model_validate(i) for i in paginate(request, response, found)]
 
 
 @router.get("/{index_id}", response_model=IndexOut, dependencies=[ReadAccess])
 def get_index(index_id: str, db: DbSession) -> IndexOut:
     return IndexOut.model_validate(indexes.get_index(db, index_id))
+
+
+@router.delete("/{index_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteAccess])
+def delete_index(index_id: str, db: DbSession, settings: SettingsDep) -> None:
+    """409 while an alias points at it (the answer names the alias) or while it is building; its files go."""
+    indexes.delete_index(db, settings, index_id)
 
 
 aliases = APIRouter(prefix="/aliases", tags=["indexes"])
@@ -35,10 +44,18 @@ def set_alias(name: Annotated[str, Path(min_length=1, max_length=100, pattern=r"
 
 
 @aliases.get("", response_model=list[AliasOut], dependencies=[ReadAccess])
-def list_aliases(db: DbSession) -> list[AliasOut]:
-    return [AliasOut.model_validate(a) for a in indexes.list_aliases(db)]
+def list_aliases(db: DbSession, request: Request, response: Response, page: PageQuery) -> list[AliasOut]:
+    """By name. Pagination (`after` is a name): `X-Has-More` and `Link: <...>; rel="next"` headers."""
+    found = listing.page_aliases(db, page.after, page.limit)
+    return [AliasOut.model_validate(a) for a in paginate(request, response, found, key="name")]
 
 
 @aliases.get("/{name}", response_model=AliasOut, dependencies=[ReadAccess])
 def get_alias(name: str, db: DbSession) -> AliasOut:
     return AliasOut.model_validate(indexes.get_alias(db, name))
+
+
+@aliases.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteAccess])
+def delete_alias(name: str, db: DbSession) -> None:
+    """The name goes; the index it pointed at stays."""
+    indexes.delete_alias(db, name)

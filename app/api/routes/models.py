@@ -1,20 +1,25 @@
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import DbSession, ReadAccess, SettingsDep, WriteAccess
+from app.api.pagination import PageQuery, paginate
 from app.api.schemas import ModelOut
 from app.core.config import Settings
 from app.db.tables import Model
-from app.services import model_upload, models
+from app.services import listing, model_upload, models
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.get("", response_model=list[ModelOut], dependencies=[ReadAccess])
-def list_models(db: DbSession, settings: SettingsDep) -> list[ModelOut]:
-    return [_model_out(settings, m) for m in models.list_models(db)]
+def list_models(
+    db: DbSession, settings: SettingsDep, request: Request, response: Response, page: PageQuery
+) -> list[ModelOut]:
+    """Oldest first. Pagination: `X-Has-More` and `Link: <...>; rel="next"` headers."""
+    found = listing.page_models(db, page.after, page.limit)
+    return [_model_out(settings, m) for m in paginate(request, response, found)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut, dependencies=[WriteAccess])
