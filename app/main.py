@@ -14,7 +14,19 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.api.routes import datasets, health, indexes, jobs, keys, models, search
+from app.api import compat_errors
+from app.api.routes import (
+    cohere_compat,
+    datasets,
+    health,
+    indexes,
+    jobs,
+    keys,
+    models,
+    openai_compat,
+    search,
+    tei_compat,
+)
 from app.api.schemas import ERROR_RESPONSES
 from app.core.config import get_settings
 from app.core.errors import RetuneError
@@ -54,6 +66,8 @@ def create_app() -> FastAPI:
     for module in (health, datasets, models, jobs, indexes, search, keys):
         app.include_router(module.router)
     app.include_router(indexes.aliases)
+    for module in (openai_compat, cohere_compat, tei_compat):
+        app.include_router(module.router)
 
     @app.exception_handler(RetuneError)
     async def _retune_error(_: Request, exc: RetuneError) -> JSONResponse:
@@ -89,6 +103,7 @@ def create_app() -> FastAPI:
         log.warning("database unavailable: %s", exc)
         return JSONResponse({"detail": "the database is unavailable; retry shortly"}, status_code=503)
 
+    compat_errors.install(app)  # last: errors on /v1, /v2, /tei paths in those APIs' shapes
     return app
 
 

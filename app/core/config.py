@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     max_recall_k: int = 1000
     max_top_k: int = 100
     max_batch_queries: int = 64
+    max_embed_inputs: int = Field(256, ge=1, description="Texts in one /v1/embeddings or /tei embed call.")
+    max_rerank_documents: int = Field(1000, ge=1, description="Documents in one /v2/rerank or /tei rerank call.")
 
     @property
     def resolved_database_url(self) -> str:

@@ -41,3 +41,21 @@ class UntrainedHeadError(RetuneError):
 
 class ServiceUnavailableError(RetuneError):
     status_code = 503
+
+
+class WrongModelKindError(RetuneError):
+    """A model named where another kind is needed (an embedder given to a rerank route, or the reverse)."""
+
+    status_code = 422
+
+
+class TokenIdsInputError(RetuneError):
+    """Pre-tokenised input (lists of token ids): Retune tokenises with the model's own tokenizer."""
+
+    status_code = 400
+
+
+class InputTooLargeError(RetuneError):
+    """More inputs, or longer texts, than the configured bounds allow."""
+
+    status_code = 413
