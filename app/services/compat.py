@@ -46,6 +46,22 @@ class RerankOutcome:
     score_type: str  # "calibrated" | "sigmoid"
 
 
+def input_type_for_prompt(prompt_name: str | None) -> str:
+    """TEI's ``prompt_name``: Retune models save two prompts, ``query`` and ``document`` (as in training)."""
+    if prompt_name in (None, DOCUMENT, "passage"):
+        return DOCUMENT
+    if prompt_name == QUERY:
+        return QUERY
+    raise InvalidRequestError(f"prompt_name '{prompt_name}' is unknown: use 'query' or 'document'")
+
+
+def pooling_mode(settings: Settings, row: Model) -> str:
+    """The embedder's pooling ("mean", "cls", ...), as TEI's /info reports it."""
+    model = serving.embedder(settings, row, EmbedderConfig.from_dict(row.config).max_seq_length)
+    mode = next((getattr(m, "pooling_mode", None) for m in model if hasattr(m, "pooling_mode")), None)
+    return mode if isinstance(mode, str) else "mean"
+
+
 def check_texts(settings: Settings, texts: list[str], limit: int, what: str) -> None:
     """The bounds every compat route shares: at least one text, at most ``limit``, none empty or over-long."""
     if not texts:

@@ -19,7 +19,7 @@ ModelRef = Annotated[str, Path(description="A Retune model id, its name, or an a
 @router.post("/embed", response_model=list[list[float]], dependencies=[ReadAccess])
 def embed(model: ModelRef, body: TeiEmbedIn, db: DbSession, settings: SettingsDep) -> list[list[float]]:
     """`prompt_name: "query"` applies the model's query instruction; `truncate: false` refuses over-long texts."""
-    input_type = compat.QUERY if body.prompt_name == "query" else compat.DOCUMENT
+    input_type = compat.input_type_for_prompt(body.prompt_name)
     max_tokens = None
     if body.truncate is False:
         max_tokens = compat.max_input_tokens(settings, resolve_model(db, model, "embedder"))
@@ -48,7 +48,7 @@ def info(model: ModelRef, db: DbSession, settings: SettingsDep) -> TeiInfoOut:
     row = resolve_model(db, model)
     model_type = {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}
     if row.kind == "embedder":
-        model_type = {"embedding": {"pooling": "mean"}}
+        model_type = {"embedding": {"pooling": compat.pooling_mode(settings, row)}}
     max_length = compat.max_input_tokens(settings, row)
     return TeiInfoOut(
         model_id=row.id,
