@@ -87,3 +87,15 @@ def test_untrained_head_is_refused_by_the_shared_loader() -> None:
     row = Model(id="untrained", name="untrained", kind="reranker", source="bundled", path="bundled:x", config={})
     with pytest.raises(UntrainedHeadError, match="never trained"):
         serving.reranker(Settings(device="cpu"), row)
+
+
+def test_one_model_cache_per_process_shared_with_search() -> None:
+    """/search and the compat routes call the same loader: the second call returns the first's object."""
+    from app.services import search
+
+    row = Model(id="all-MiniLM-L6-v2", name="m", kind="embedder", source="bundled", path="bundled:x", config={})
+    settings = Settings(device="cpu")
+    first = serving.embedder(settings, row, 256)
+    assert serving.embedder(settings, row, 256) is first
+    assert search.serving is serving  # search's loading block goes through this module, not a cache of its own
+    assert not hasattr(search, "_cache")
