@@ -8,7 +8,6 @@ Models come from :mod:`app.services.serving`, the cache ``/search`` uses, so not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -20,7 +19,6 @@ from app.retrieval.embedder import EmbedderConfig, encode_texts, set_query_lengt
 from app.retrieval.reranker import rerank_logits, sigmoid
 from app.services import serving
 from app.services.model_refs import resolve_model
-from app.services.models import model_path
 
 QUERY, DOCUMENT = "query", "document"
 
@@ -159,8 +157,8 @@ def rerank(
 def relevance_scores(settings: Settings, row: Model, logits: np.ndarray) -> tuple[list[float], str]:
     """Where the calibrated probability plugs in: ``calibration.json`` in the model folder, loaded by
     ``app.evaluation.calibration.Calibration.load(dir)`` (another engineer's module, not yet in this
-    branch). Until it is, every score is the sigmoid of the logit and is reported as such."""
-    _ = Path(model_path(settings, row))  # the folder a calibration.json will be read from
+    branch; the folder is ``model_path(settings, row)``). Until it is, every score is the sigmoid of the
+    logit and is reported as such (``score_type``)."""
     return [sigmoid(float(x)) for x in logits], "sigmoid"
 
 
