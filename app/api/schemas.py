@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 
 class ErrorOut(BaseModel):
@@ -154,8 +155,11 @@ class AliasIn(BaseModel):
         },
     )
 
-    index_id: str | None = Field(None, description="A ready index (for /search).")
-    model_id: str | None = Field(None, description="A model (for /v1/embeddings, /v2/rerank, /tei), not an index.")
+    # SkipJsonSchema: the schema says "a string, when given" (an explicit null is refused like an absent one).
+    index_id: str | SkipJsonSchema[None] = Field(None, description="A ready index (for /search).")
+    model_id: str | SkipJsonSchema[None] = Field(
+        None, description="A model (for /v1/embeddings, /v2/rerank, /tei), not an index."
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> AliasIn:
