@@ -32,6 +32,7 @@ DOCS = [
 
 @dataclass
 class Tuned:
+    dataset_id: str
     embedder_id: str
     embedder_name: str
     reranker_id: str
@@ -71,7 +72,7 @@ def tuned(service: Service) -> Tuned:
     key = service.client.post("/keys", json={"name": "compat-reader", "scope": "read"})
     assert key.status_code == 201, key.text
     name = service.client.get(f"/models/{embedder['model_id']}").json()["name"]
-    return Tuned(embedder["model_id"], name, reranker["model_id"], key.json()["key"], service.url, service)
+    return Tuned(dataset_id, embedder["model_id"], name, reranker["model_id"], key.json()["key"], service.url, service)
 
 
 def _sentence_transformer(folder: str):
@@ -123,6 +124,24 @@ def test_openai_sdk_embeddings_equal_sentence_transformers(tuned: Tuned) -> None
         _assert_close([d.embedding for d in got.data], expected_docs)
     refused = tuned.service.client.post("/search", json={"index_id": "compat-embedder", "query": QUERY})
     assert refused.status_code == 422 and "not an index" in refused.json()["detail"]
+
+
+def test_embeddings_are_the_ones_search_uses(tuned: Tuned) -> None:
+    """/search's recall score is the dot product of the query and passage vectors /v1/embeddings returns."""
+    client = tuned.service.client
+    created = client.post("/indexes", json={"dataset_id": tuned.dataset_id, "model_id": tuned.embedder_id})
+    assert created.status_code == 202, created.text
+    index = tuned.service.wait_for(f"/indexes/{created.json()['id']}", lambda i: i["status"] != "building")
+    assert index["status"] == "ready", index
+    hits = client.post("/search", json={"index_id": index["id"], "query": QUERY, "top_k": 5}).json()["results"]
+    body = {"model": tuned.embedder_id, "encoding_format": "float"}
+    headers = _auth(tuned.read_key)
+    url = f"{tuned.base_url}/v1/embeddings"
+    query = httpx.post(url, json=body | {"input": QUERY, "input_type": "query"}, headers=headers).json()
+    passages = httpx.post(url, json=body | {"input": [h["text"] for h in hits]}, headers=headers).json()
+    vectors = np.array([d["embedding"] for d in passages["data"]])
+    scores = vectors @ np.array(query["data"][0]["embedding"])
+    assert scores.tolist() == pytest.approx([h["recall_score"] for h in hits], abs=1e-5)
 
 
 def test_raw_base64_is_little_endian_float32(tuned: Tuned) -> None:
