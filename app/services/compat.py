@@ -68,11 +68,11 @@ def check_texts(settings: Settings, texts: list[str], limit: int, what: str) -> 
         raise InputTooLargeError(f"{what} has {len(texts)} texts; at most {limit} per request")
     for i, text in enumerate(texts):
         if not text.strip():
-            raise InvalidRequestError(f"{what}[{i}] is an empty string")
+            raise InvalidRequestError(f"{what}[{i}] is empty (or only whitespace)")
         if len(text) > settings.max_text_chars:
             raise InputTooLargeError(
                 f"{what}[{i}] has {len(text)} characters; at most {settings.max_text_chars} "
-                "(texts within it are truncated to the model's maximum length in tokens)"
+                "(shorter texts are truncated to the model's maximum length in tokens)"
             )
 
 
