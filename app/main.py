@@ -16,8 +16,20 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.api import compat_errors
 from app.api.errors import is_retune_route, validation_response
-from app.api.routes import datasets, health, indexes, jobs, keys, models, search
+from app.api.routes import (
+    cohere_compat,
+    datasets,
+    health,
+    indexes,
+    jobs,
+    keys,
+    models,
+    openai_compat,
+    search,
+    tei_compat,
+)
 from app.api.routes import metrics as metrics_route
 from app.api.routes.ui import mount_ui
 from app.api.schemas import ERROR_RESPONSES, JOB_KINDS
@@ -59,6 +71,9 @@ def create_app() -> FastAPI:
     for module in (health, datasets, models, jobs, indexes, search, keys):
         app.include_router(module.router)
     app.include_router(indexes.aliases)
+    for module in (openai_compat, cohere_compat, tei_compat):
+        app.include_router(module.router)
+
     mount_ui(app)
 
     app.include_router(metrics_route.router)
@@ -113,6 +128,7 @@ def create_app() -> FastAPI:
         log.warning("database unavailable: %s", exc)
         return JSONResponse({"detail": "the database is unavailable; retry shortly"}, status_code=503)
 
+    compat_errors.install(app)  # last: errors on /v1, /v2, /tei paths in those APIs' shapes
     return app
 
 

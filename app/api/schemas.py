@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from app.core.config import get_settings
 from app.training.params import EmbedderParams, MiningParams, RerankerParams
@@ -230,14 +231,34 @@ class IndexOut(Orm):
 
 
 class AliasIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["index_id"], "not": {"required": ["model_id"]}},
+                {"required": ["model_id"], "not": {"required": ["index_id"]}},
+            ]
+        },
+    )
 
-    index_id: str
+    # SkipJsonSchema: the schema says "a string, when given" (an explicit null is refused like an absent one).
+    index_id: str | SkipJsonSchema[None] = Field(None, description="A ready index (for /search).")
+    model_id: str | SkipJsonSchema[None] = Field(
+        None, description="A model (for /v1/embeddings, /v2/rerank, /tei), not an index."
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> AliasIn:
+        if (self.index_id is None) == (self.model_id is None):
+            raise ValueError("give exactly one of 'index_id' or 'model_id'")
+        return self
 
 
 class AliasOut(Orm):
     name: str
-    index_id: str
+    index_id: str | None
+    model_id: str | None = None
     updated_at: datetime
 
 

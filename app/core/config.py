@@ -86,6 +86,9 @@ class Settings(BaseSettings):
             ipaddress.ip_network(net, strict=False)  # ValueError names the bad one at start, not at a scrape
         return networks
 
+    max_embed_inputs: int = Field(256, ge=1, description="Texts in one /v1/embeddings or /tei embed call.")
+    max_rerank_documents: int = Field(1000, ge=1, description="Documents in one /v2/rerank or /tei rerank call.")
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'retune.sqlite').resolve()}"

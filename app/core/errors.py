@@ -61,3 +61,21 @@ class ModelUploadError(RetuneError):
     """An uploaded model archive that Retune will not register (not a model folder, unsafe, or the wrong kind)."""
 
     status_code = 422
+
+
+class WrongModelKindError(RetuneError):
+    """A model named where another kind is needed (an embedder given to a rerank route, or the reverse)."""
+
+    status_code = 422
+
+
+class TokenIdsInputError(RetuneError):
+    """Pre-tokenised input (lists of token ids): Retune tokenises with the model's own tokenizer."""
+
+    status_code = 400
+
+
+class InputTooLargeError(RetuneError):
+    """More inputs, or longer texts, than the configured bounds allow."""
+
+    status_code = 413

@@ -6,7 +6,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -142,12 +154,14 @@ class ApiKey(Base):
 
 
 class IndexAlias(Base):
-    """A stable name for an index; pointing it at a new version is one row update (atomic)."""
+    """A stable name for an index or a model (exactly one); pointing it elsewhere is one row update (atomic)."""
 
     __tablename__ = "index_aliases"
+    __table_args__ = (CheckConstraint("(index_id IS NULL) <> (model_id IS NULL)", name="ck_index_aliases_one_target"),)
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
-    index_id: Mapped[str] = mapped_column(ForeignKey("indexes.id", ondelete="RESTRICT"))
+    index_id: Mapped[str | None] = mapped_column(ForeignKey("indexes.id", ondelete="RESTRICT"), nullable=True)
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

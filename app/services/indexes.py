@@ -67,25 +67,35 @@ def resolve_index(session: Session, reference: str) -> Index:
     """An index id, or an alias name: resolved once per request, so a request sees one version."""
     row = session.get(Index, reference)
     if row is None and (alias := session.get(IndexAlias, reference)) is not None:
+        if alias.index_id is None:
+            raise InvalidRequestError(
+                f"alias '{reference}' points at model '{alias.model_id}', not an index: "
+                "search needs an index (or use the model with /v1/embeddings, /v2/rerank or /tei)"
+            )
         row = session.get(Index, alias.index_id)
     if row is None:
         raise NotFoundError("index", reference)
     return row
 
 
-def set_alias(session: Session, name: str, index_id: str) -> IndexAlias:
-    """Point ``name`` at a ready index. One row write: searches see the old or the new version, never both."""
-    target = get_index(session, index_id)
-    if target.status != "ready":
-        raise ConflictError(f"index '{index_id}' is {target.status}; an alias can only point at a ready index")
+def set_alias(session: Session, name: str, index_id: str | None, model_id: str | None = None) -> IndexAlias:
+    """Point ``name`` at a ready index or at a model. One row write: readers see the old or the new target."""
+    if index_id is not None:
+        target = get_index(session, index_id)
+        if target.status != "ready":
+            raise ConflictError(f"index '{index_id}' is {target.status}; an alias can only point at a ready index")
+    else:
+        get_model(session, model_id or "")
     if session.get(Index, name) is not None:
         raise InvalidRequestError(f"'{name}' is an index id; choose another alias name")
+    if session.get(Model, name) is not None:
+        raise InvalidRequestError(f"'{name}' is a model id; choose another alias name")
     alias = session.get(IndexAlias, name)
     if alias is None:
-        alias = IndexAlias(name=name, index_id=index_id)
+        alias = IndexAlias(name=name, index_id=index_id, model_id=model_id)
         session.add(alias)
     else:
-        alias.index_id, alias.updated_at = index_id, utcnow()
+        alias.index_id, alias.model_id, alias.updated_at = index_id, model_id, utcnow()
     session.commit()
     return alias
 

@@ -135,9 +135,13 @@ def hub_model_available(repo_id: str) -> bool:
 
 
 def dependants(session: Session, model_id: str) -> list[str]:
-    """What still uses a model: indexes, the aliases pointing at them, and queued or running jobs."""
+    """What still uses a model: indexes, the aliases pointing at them or at it, and queued or running jobs."""
     index_ids = list(session.scalars(select(Index.id).where(Index.model_id == model_id)))
-    aliases = list(session.scalars(select(IndexAlias.name).where(IndexAlias.index_id.in_(index_ids))))
+    aliases = list(
+        session.scalars(
+            select(IndexAlias.name).where(IndexAlias.index_id.in_(index_ids) | (IndexAlias.model_id == model_id))
+        )
+    )
     active = session.scalars(select(Job).where(Job.status.in_(("queued", "running"))))
     jobs = [j.id for j in active if model_id in (j.base_model, (j.params or {}).get("candidate_model"))]
     return [f"alias '{a}'" for a in aliases] + [f"index '{i}'" for i in index_ids] + [f"job '{j}'" for j in jobs]

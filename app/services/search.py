@@ -6,10 +6,8 @@ embedder settings used are the ones the index recorded when it was built, never 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -18,16 +16,13 @@ from app.core.config import Settings
 from app.core.errors import CalibrationMissingError, ConflictError, InvalidRequestError
 from app.db.tables import Dataset, Model
 from app.evaluation.calibration import Calibration, score_query
-from app.ingest import Document, read_retrieval_set
-from app.retrieval.cache import LoadedCache
+from app.ingest import Document
 from app.retrieval.device import resolve_device
-from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
-from app.retrieval.quantization import maybe_int8
-from app.retrieval.reranker import ensure_trained_head, load_reranker, rerank_logits
-from app.retrieval.vector_index import VectorIndex
-from app.services import storage
-from app.services.indexes import META_FILE, resolve_index
-from app.services.models import get_model, model_calibration, model_path
+from app.retrieval.embedder import encode_queries, passage_text
+from app.retrieval.reranker import rerank_logits
+from app.services import serving
+from app.services.indexes import resolve_index
+from app.services.models import get_model, model_calibration
 
 
 @dataclass
@@ -38,24 +33,6 @@ class Hit:
     recall_score: float
     rerank_score: float | None
     fused_score: float | None = None
-
-
-@lru_cache
-def _cache(capacity: int) -> LoadedCache:
-    return LoadedCache(capacity)
-
-
-def _load_index(directory: str) -> tuple[VectorIndex, EmbedderConfig]:
-    from pathlib import Path
-
-    meta = json.loads((Path(directory) / META_FILE).read_text())
-    return VectorIndex.load(Path(directory)), EmbedderConfig.from_dict(meta["embedder_config"])
-
-
-def _load_checked_reranker(path: str, name: str, device: str, max_length: int | None, force: bool):
-    if not force:
-        ensure_trained_head(path, name)
-    return load_reranker(path, device, max_length)
 
 
 @dataclass
@@ -103,31 +80,18 @@ def search(
     embedder_row = get_model(session, index_row.model_id)
     calibration = _calibration_for(settings, reranker or embedder_row, reranker is not None, threshold)
     dataset = session.get(Dataset, index_row.dataset_id)
-    cache = _cache(settings.model_cache_size + 4)
     device = resolve_device(settings.device)
     int8 = int8 and device == "cpu"  # dynamic int8 quantisation is a CPU path
 
     loading = time.perf_counter()
-    index_dir = str(storage.absolute(settings, index_row.path))
-    vector_index, config = cache.get(("index", index_dir), lambda: _load_index(index_dir))
-    embedder_path = model_path(settings, embedder_row)
-    embedder = cache.get(
-        ("embedder", embedder_path, int8),
-        lambda: maybe_int8(load_embedder(embedder_path, device, config.max_seq_length), int8),
-    )
-    corpus: dict[str, Document] = cache.get(
-        ("corpus", dataset.path), lambda: read_retrieval_set(storage.absolute(settings, dataset.path)).corpus
-    )
+    vector_index, config = serving.index(settings, index_row)
+    embedder = serving.embedder(settings, embedder_row, config.max_seq_length, int8)
+    corpus: dict[str, Document] = serving.corpus(settings, dataset)
     rerank_model = None
     if reranker is not None:
         if first_stage_weight is None:
             first_stage_weight = float(reranker.config.get("first_stage_weight", 0.0))
-        path = model_path(settings, reranker)
-        max_length = reranker.config.get("max_length")
-        rerank_model = cache.get(
-            ("reranker", path, force, int8),
-            lambda: maybe_int8(_load_checked_reranker(path, reranker.id, device, max_length, force), int8),
-        )
+        rerank_model = serving.reranker(settings, reranker, force, int8)
     recalling = time.perf_counter()
     recalled = vector_index.search(encode_queries(embedder, config, queries), max(recall_k, top_k))
     recall_done = time.perf_counter()

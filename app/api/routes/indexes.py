@@ -39,8 +39,9 @@ aliases = APIRouter(prefix="/aliases", tags=["indexes"])
 @aliases.put("/{name}", response_model=AliasOut, dependencies=[WriteAccess])
 def set_alias(name: Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")],
               body: AliasIn, db: DbSession) -> AliasOut:  # fmt: skip
-    """Point an alias at a ready index (e.g. a rebuild with a fine-tuned embedder): an atomic switch."""
-    return AliasOut.model_validate(indexes.set_alias(db, name, body.index_id))
+    """Point an alias at a ready index (e.g. a rebuild with a fine-tuned embedder), or at a model
+    (`model_id`, for the OpenAI/Cohere/TEI routes): an atomic switch."""
+    return AliasOut.model_validate(indexes.set_alias(db, name, body.index_id, body.model_id))
 
 
 @aliases.get("", response_model=list[AliasOut], dependencies=[ReadAccess])
