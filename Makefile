@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP) chromium
+setup: $(STAMP)
 
 # The dashboard's browser test (tests/integration/test_ui.py) drives Debian's chromium, never a downloaded one.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff check app worker migrations tests bench
 	$(BIN)/ruff format --check app worker migrations tests bench
 
-test: setup lint
+test: setup chromium lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:
