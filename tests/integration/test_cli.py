@@ -20,6 +20,9 @@ from app.client.exit_codes import ExitCode, job_exit_code
 from tests.integration.conftest import ADMIN_KEY, ROOT, Service
 from tests.integration.test_end_to_end import TINY_EMBEDDER
 
+# One backend: the CLI is a face over the HTTP API, whose backends are covered elsewhere.
+pytestmark = pytest.mark.parametrize("service", ["embedded"], indirect=True)
+
 
 class Cli:
     """Runs `python -m app.client ARGS` with a private config dir and no inherited RETUNE_URL / RETUNE_API_KEY."""

@@ -19,6 +19,9 @@ import pytest
 from tests.integration.conftest import Service, job_finished
 from tests.integration.test_end_to_end import TINY_EMBEDDER, TINY_RERANKER
 
+# One backend (the production layout; the archive and upload code is the same on both): the suite stays within its time.
+pytestmark = pytest.mark.parametrize("service", ["postgres"], indirect=True)
+
 CARD_SECTIONS = (
     "## Training data",
     "## Training parameters",
