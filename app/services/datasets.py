@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -103,13 +102,7 @@ def create_dataset(session: Session, settings: Settings, source: BinaryIO, filen
         path=storage.dataset_rel(dataset_id),
         stats=stats,
     )
-    try:
-        session.add(row)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        storage.remove(final)
-        raise
+    storage.publish(session, row, final)
     return row
 
 
@@ -155,11 +148,4 @@ def delete_dataset(session: Session, settings: Settings, dataset_id: str) -> Non
     )
     if users:
         raise ConflictError(f"dataset '{dataset_id}' is used by jobs or indexes; delete those first")
-    path = storage.absolute(settings, row.path)
-    session.delete(row)
-    try:
-        session.commit()
-    except IntegrityError as exc:
-        session.rollback()
-        raise ConflictError(f"dataset '{dataset_id}' is in use") from exc
-    storage.remove(path)
+    storage.delete_with_files(session, row, storage.absolute(settings, row.path), f"dataset '{dataset_id}'")

@@ -138,11 +138,5 @@ def register_upload(
         config=config,
         file_name=label[:255],
     )
-    try:
-        session.add(row)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        storage.remove(final)
-        raise
+    storage.publish(session, row, final)
     return row

@@ -9,7 +9,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -153,14 +152,7 @@ def delete_model(session: Session, settings: Settings, model_id: str) -> None:
         raise ConflictError(f"model '{model_id}' ships with Retune and cannot be deleted")
     if users := dependants(session, model_id):
         raise ConflictError(f"model '{model_id}' is used by {', '.join(users[:5])}; delete or switch those first")
-    path = storage.absolute(settings, row.path)
-    session.delete(row)
-    try:
-        session.commit()
-    except IntegrityError as exc:
-        session.rollback()
-        raise ConflictError(f"model '{model_id}' is in use") from exc
-    storage.remove(path)
+    storage.delete_with_files(session, row, storage.absolute(settings, row.path), f"model '{model_id}'")
 
 
 def download_filename(row: Model, archive_format: str) -> tuple[str, str]:

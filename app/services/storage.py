@@ -6,7 +6,10 @@ import shutil
 import uuid
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from app.core.config import Settings
+from app.db.tables import Base
 
 
 def absolute(settings: Settings, relative: str) -> Path:
@@ -41,3 +44,30 @@ def staging_dir(settings: Settings) -> Path:
 
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def publish(session: Session, row: Base, final: Path) -> None:
+    """Commit a row whose files are already in place at ``final``; without the row, the files go too
+    (so a failed commit never leaves files that no row names)."""
+    try:
+        session.add(row)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        remove(final)
+        raise
+
+
+def delete_with_files(session: Session, row: Base, path: Path, label: str) -> None:
+    """Delete a row, then its files; a foreign key still pointing at it is a 409 and keeps both."""
+    from sqlalchemy.exc import IntegrityError
+
+    from app.core.errors import ConflictError
+
+    session.delete(row)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise ConflictError(f"{label} is in use") from exc
+    remove(path)

@@ -55,6 +55,15 @@ class Service:
         pytest.fail(f"timed out waiting on {path}: {body}\n--- service log ---\n{self.log_tail()}")
 
 
+def run_job(service: Service, body: dict, timeout: float = 600) -> dict:
+    """POST a job, wait for it to end, and fail (with the service log) unless it succeeded."""
+    created = service.client.post("/jobs", json=body)
+    assert created.status_code == 202, created.text
+    job = service.wait_for(f"/jobs/{created.json()['id']}", job_finished, timeout=timeout)
+    assert job["status"] == "succeeded", (job, service.log_tail())
+    return job
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

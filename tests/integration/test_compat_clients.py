@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import scifact_slice_zip
-from tests.integration.conftest import Service, job_finished
+from tests.integration.conftest import Service, run_job
 from tests.integration.test_end_to_end import TINY_EMBEDDER, TINY_RERANKER
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,14 +44,6 @@ class Tuned:
         return str(self.service.data_dir / "models" / model_id)
 
 
-def _train(service: Service, body: dict) -> dict:
-    created = service.client.post("/jobs", json=body)
-    assert created.status_code == 202, created.text
-    job = service.wait_for(f"/jobs/{created.json()['id']}", job_finished, timeout=600)
-    assert job["status"] == "succeeded", (job, service.log_tail())
-    return job
-
-
 @pytest.fixture(scope="module")
 def tuned(service: Service) -> Tuned:
     zipped = scifact_slice_zip(n_train=16, n_test=8, n_distractors=30)
@@ -59,12 +51,12 @@ def tuned(service: Service) -> Tuned:
     assert upload.status_code == 201, upload.text
     dataset_id = upload.json()["id"]
     evaluation = {"split": "test"}
-    embedder = _train(
+    embedder = run_job(
         service,
         {"kind": "embedder", "dataset_id": dataset_id, "eval": evaluation,
          "params": {**TINY_EMBEDDER, "query_instruction": INSTRUCTION}},
     )  # fmt: skip
-    reranker = _train(
+    reranker = run_job(
         service,
         {"kind": "reranker", "dataset_id": dataset_id, "eval": evaluation,
          "params": {**TINY_RERANKER, "candidate_model": "all-MiniLM-L6-v2"}},

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import Service, job_finished
+from tests.integration.conftest import Service, run_job
 from tests.integration.test_end_to_end import TINY_EMBEDDER, TINY_RERANKER
 
 # One backend (the production layout; the archive and upload code is the same on both): the suite stays within its time.
@@ -34,14 +34,6 @@ CARD_SECTIONS = (
 BUNDLED = "all-MiniLM-L6-v2"
 
 
-def _run_job(service: Service, body: dict) -> dict:
-    created = service.client.post("/jobs", json=body)
-    assert created.status_code == 202, created.text
-    job = service.wait_for(f"/jobs/{created.json()['id']}", job_finished, timeout=600)
-    assert job["status"] == "succeeded", (job, service.log_tail())
-    return job
-
-
 @pytest.fixture(scope="module")
 def trained(service: Service, scifact_zip: bytes) -> dict:
     """One tiny embedder job and one tiny reranker job on the SciFact slice, per backend."""
@@ -49,10 +41,10 @@ def trained(service: Service, scifact_zip: bytes) -> dict:
     upload = client.post("/datasets", files={"file": ("scifact-slice.zip", scifact_zip)}, data={"name": "scifact"})
     assert upload.status_code == 201, upload.text
     dataset_id = upload.json()["id"]
-    embedder = _run_job(
+    embedder = run_job(
         service, {"kind": "embedder", "dataset_id": dataset_id, "eval": {"split": "test"}, "params": TINY_EMBEDDER}
     )
-    reranker = _run_job(
+    reranker = run_job(
         service,
         {
             "kind": "reranker",
@@ -269,7 +261,7 @@ def test_upload_round_trip_and_refusals(service: Service, trained: dict) -> None
         "upload", "my-embedder.tar.gz", "embedder", "mine",
     )  # fmt: skip
     assert {m["id"]: m for m in client.get("/models").json()}[model["id"]]["source"] == "upload"
-    job = _run_job(
+    job = run_job(
         service,
         {
             "kind": "embedder",
