@@ -49,6 +49,13 @@ class Settings(BaseSettings):
         60, ge=2, description="A running job whose heartbeat is older than this is taken over by a starting worker."
     )
 
+    worker_memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory all of a machine's training jobs may use together; default: the cgroup limit, else the "
+        "RAM. A job expected to peak above it is refused (422); one that does not fit now waits in the queue.",
+    )
+
     bootstrap_key: str | None = Field(
         None, description="An admin API key to accept (set it in deployments; like TEI's --api-key)."
     )

@@ -41,3 +41,9 @@ class UntrainedHeadError(RetuneError):
 
 class ServiceUnavailableError(RetuneError):
     status_code = 503
+
+
+class JobTooLargeError(RetuneError):
+    """A job whose expected peak memory exceeds all the memory the workers have (app/services/memory_guard.py)."""
+
+    status_code = 422

@@ -12,7 +12,7 @@ from app.core.config import Settings
 from app.core.errors import ConflictError, InvalidRequestError
 from app.core.queue import RUN_JOB
 from app.db.tables import Job, MetricPoint, utcnow
-from app.services import dispatch
+from app.services import dispatch, memory_guard
 from app.services.datasets import get_dataset
 from app.services.lookup import get_or_404
 from app.services.models import resolve_base_model
@@ -79,6 +79,7 @@ def create_job(
         _, candidate = resolve_base_model(session, settings, clean_params["candidate_model"])
         if candidate is not None and candidate.kind != "embedder":
             raise InvalidRequestError("params.candidate_model must be an embedder")
+    memory_guard.check_fits(kind, clean_params, resolve_base_model(session, settings, base)[0], settings)
 
     job = Job(kind=kind, dataset_id=dataset.id, base_model=base, params=clean_params, eval=clean_eval)
     session.add(job)
