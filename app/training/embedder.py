@@ -30,7 +30,7 @@ from app.training.checkpoints import (
     save_rows,
     trainer_dir,
 )
-from app.training.common import TrainingOutcome, trainer_arguments
+from app.training.common import TrainingOutcome, set_attention_dropout, trainer_arguments
 from app.training.data import PreparedData, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver
 from app.training.params import EmbedderParams
@@ -77,6 +77,7 @@ def train_embedder(
     rng = random.Random(params.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     model = load_embedder(base_path, device, params.passage_max_len)
+    set_attention_dropout(model, params.attention_dropout)
     config = EmbedderConfig(
         query_instruction=params.query_instruction,
         query_instruction_format=params.query_instruction_format,

@@ -66,6 +66,14 @@ class EmbedderParams(TrainingParams):
     passage_instruction: str = Field("", max_length=1000)
     normalize: bool = True
     cached_loss: bool = Field(False, description="GradCache (CachedMultipleNegativesRankingLoss).")
+    attention_dropout: float | None = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Dropout on attention probabilities while training; null keeps the model's own (0.1 for "
+        "MiniLM). 0 lets torch's fused attention kernel run, which keeps no attention matrices for backward "
+        "(docs/training.md, Memory).",
+    )
     mini_batch_size: int = Field(32, ge=1, le=4096)
     knowledge_distillation: Literal["auto", "off"] = Field(
         "auto",
