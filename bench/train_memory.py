@@ -1,8 +1,8 @@
 """Peak resident memory of an embedder job's training steps, per batch size, sequence length and option.
 
-    .venv/bin/python -m bench.train_memory --config default           # one config, ~2 min on a 2-core CPU
+    .venv/bin/python -m bench.train_memory --config before             # one config, minutes on a 2-core CPU
     .venv/bin/python -m bench.train_memory --config all                # every named config, one at a time
-    .venv/bin/python -m bench.train_memory --grid --batch-sizes 8 16 32 --seq-lens 128 256
+    .venv/bin/python -m bench.train_memory --config attn_dropout0_cached_mb16 --batch-sizes 16 32 --seq-lens 128 256
 
 Each config runs in a child process of its own, so that its peak (Linux ``VmHWM``) is its own: the
 child builds the model, loss and Trainer arguments as ``app.training.embedder.train_embedder`` does
@@ -32,24 +32,30 @@ from typing import Any
 from bench.common import RESULTS, SHARED_DATA, write_results
 
 NAME = "train_memory"
-# Named configs: what the docs compare. "attn" None = what load_embedder picks by default.
+# Named configs, each over BASE: the settings of an embedder job before 2026-12-01 (MiniLM's attention
+# dropout 0.1, the plain loss), so that a config does not change when the job defaults do.
+# "attn" None: what transformers picks (sdpa on CPU in our versions).
+BASE: dict[str, Any] = {
+    "mode": "train",
+    "batch_size": 32,
+    "seq_len": 256,
+    "attn": None,
+    "gradient_checkpointing": None,
+    "cached_loss": False,
+    "mini_batch_size": 32,
+    "attention_dropout": None,
+}
 CONFIGS: dict[str, dict[str, Any]] = {
-    "default": {},
+    "before": {},
     "eager": {"attn": "eager"},
-    "sdpa": {"attn": "sdpa"},
     "checkpointing": {"gradient_checkpointing": True},
-    "cached_mb8": {"cached_loss": True, "mini_batch_size": 8},
     "cached_mb16": {"cached_loss": True, "mini_batch_size": 16},
-    "cached_mb32": {"cached_loss": True, "mini_batch_size": 32},
-    "uncached": {"cached_loss": False},
-    "eval": {"mode": "eval"},
     "attn_dropout0": {"attention_dropout": 0.0},
     "attn_dropout0_cached_mb8": {"attention_dropout": 0.0, "cached_loss": True, "mini_batch_size": 8},
     "attn_dropout0_cached_mb16": {"attention_dropout": 0.0, "cached_loss": True, "mini_batch_size": 16},
     "attn_dropout0_cached_mb32": {"attention_dropout": 0.0, "cached_loss": True, "mini_batch_size": 32},
-    "attn_dropout01": {"attention_dropout": 0.1},
+    "eval": {"mode": "eval"},
 }
-BASE = {"mode": "train", "batch_size": 32, "seq_len": 256, "attn": None, "gradient_checkpointing": None}
 
 
 def vm_status() -> dict[str, int]:
@@ -106,9 +112,14 @@ def run_child(config: dict[str, Any], steps: int, eval_docs: int) -> dict[str, A
 def encode_probe(model: Any, passages: list[str]) -> dict[str, Any]:
     from app.retrieval.embedder import encode_texts
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     encode_texts(model, passages, normalize=True, batch_size=64, task="document")
-    return {"docs": len(passages), "seconds": round(time.perf_counter() - started, 1), "peak_rss": vm_status()["VmHWM"]}
+    return {
+        "docs": len(passages),
+        "seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu, 1),
+        "peak_rss": vm_status()["VmHWM"],
+    }
 
 
 def train_probe(model: Any, rows: dict[str, list[str]], config: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -121,26 +132,32 @@ def train_probe(model: Any, rows: dict[str, list[str]], config: dict[str, Any], 
     from app.training.common import set_attention_dropout, trainer_arguments
     from app.training.params import EmbedderParams
 
-    overrides = {k: config[k] for k in ("cached_loss", "mini_batch_size") if k in config}
-    set_attention_dropout(model, config.get("attention_dropout"))
-    params = EmbedderParams(batch_size=config["batch_size"], passage_max_len=config["seq_len"], max_steps=steps, **overrides)
+    overrides = {k: config[k] for k in ("cached_loss", "mini_batch_size")}
+    set_attention_dropout(model, config["attention_dropout"])
+    params = EmbedderParams(
+        batch_size=config["batch_size"], passage_max_len=config["seq_len"], max_steps=steps, **overrides
+    )
     scale = 1.0 / params.temperature
     if params.cached_loss:
         loss = losses.CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=params.mini_batch_size)
     else:
         loss = losses.MultipleNegativesRankingLoss(model, scale=scale)
     ends: list[float] = []
+    cpu_ends: list[float] = []
     logged: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, *args: Any, **kwargs: Any) -> None:
             ends.append(time.perf_counter())
+            cpu_ends.append(time.process_time())
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if logs and "loss" in logs:
                 logged.append(round(float(logs["loss"]), 5))
 
-    extra = {} if config["gradient_checkpointing"] is None else {"gradient_checkpointing": config["gradient_checkpointing"]}
+    extra = (
+        {} if config["gradient_checkpointing"] is None else {"gradient_checkpointing": config["gradient_checkpointing"]}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         arguments = trainer_arguments(params, Path(tmp), "cpu", len(rows["anchor"])) | {"logging_steps": 1} | extra
         args = SentenceTransformerTrainingArguments(
@@ -159,6 +176,8 @@ def train_probe(model: Any, rows: dict[str, list[str]], config: dict[str, Any], 
         "gradient_checkpointing": bool(args.gradient_checkpointing),
         "steps": len(ends),
         "seconds_per_step": round((ends[-1] - ends[0]) / max(len(ends) - 1, 1), 2),
+        # CPU seconds (all threads) per step: comparable across configs on a shared machine, wall time is not.
+        "cpu_seconds_per_step": round((cpu_ends[-1] - cpu_ends[0]) / max(len(cpu_ends) - 1, 1), 2),
         "losses": logged,
         "peak_rss": vm_status()["VmHWM"],
     }
@@ -176,7 +195,7 @@ def measure(label: str, config: dict[str, Any], steps: int, eval_docs: int, thre
     measured = json.loads(line.removeprefix("RESULT "))
     measured["peak_rss_gib"] = round(measured["peak_rss"] / 2**30, 3)
     print(f"{label}: {json.dumps(measured)}", flush=True)
-    return {"config": config, **measured}
+    return {"config": config, "threads": threads, "steps": steps, "commit": commit(), **measured}
 
 
 def previous_runs() -> dict[str, Any]:
@@ -187,7 +206,6 @@ def previous_runs() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", nargs="*", default=[], help=f"named configs: {', '.join(CONFIGS)} or 'all'")
-    parser.add_argument("--grid", action="store_true", help="the default config at every batch size x seq length")
     parser.add_argument("--batch-sizes", nargs="*", type=int, default=[32])
     parser.add_argument("--seq-lens", nargs="*", type=int, default=[256])
     parser.add_argument("--steps", type=int, default=3, help="optimiser steps per training config")
@@ -199,18 +217,16 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        print("RESULT " + json.dumps(run_child(json.loads(args.child), args.steps, args.eval_docs)), flush=True)
+        config = BASE | json.loads(args.child)
+        print("RESULT " + json.dumps(run_child(config, args.steps, args.eval_docs)), flush=True)
         return
     names = list(CONFIGS) if args.config == ["all"] else args.config
     todo = {f"{n}_b{b}_s{s}": BASE | CONFIGS[n] | {"batch_size": b, "seq_len": s} for n in names
             for b in args.batch_sizes for s in args.seq_lens}  # fmt: skip
-    if args.grid:
-        todo |= {f"default_b{b}_s{s}": BASE | {"batch_size": b, "seq_len": s} for b in args.batch_sizes
-                 for s in args.seq_lens}  # fmt: skip
     runs = previous_runs()
     for label, config in todo.items():
         runs[label] = measure(label, config, args.steps, args.eval_docs, args.threads)
-        write_results(NAME, {"commit": commit(), "threads": args.threads, "steps": args.steps, "runs": runs}, False)
+        write_results(NAME, {"runs": runs}, False)
     print(f"written to {RESULTS / (NAME + '.json')}")
 
 

@@ -21,8 +21,12 @@ from app.training.params import EmbedderParams
 from bench.common import run_embedder_job, write_results
 
 VARIANTS = {
-    "attention_dropout_0.1": {"attention_dropout": 0.1},
-    "attention_dropout_0": {"attention_dropout": 0.0},
+    "before: attention dropout 0.1, uncached loss": {"attention_dropout": 0.1, "cached_loss": False},
+    "now: attention dropout 0, cached loss (mini-batch 16)": {
+        "attention_dropout": 0.0,
+        "cached_loss": True,
+        "mini_batch_size": 16,
+    },
 }
 
 
@@ -42,7 +46,9 @@ def main() -> None:
                 max_steps=args.steps, max_train_queries=args.max_train_queries, seed=seed, logging_steps=1, **overrides
             )
             result = run_embedder_job("scifact", spec, params)
-            runs.setdefault(name, {})[str(seed)] = {k: result[k] for k in ("base", "fine_tuned", "steps", "wall_seconds")}
+            runs.setdefault(name, {})[str(seed)] = {
+                k: result[k] for k in ("base", "fine_tuned", "steps", "wall_seconds")
+            }
             print(name, seed, result["fine_tuned"], flush=True)
     write_results("train_memory_quality", {"setup": vars(args) | {"variants": args.variants}, "runs": runs,
                                            "summary": summary(runs)})  # fmt: skip

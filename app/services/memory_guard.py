@@ -27,10 +27,12 @@ from app.services.models import resolve_base_model
 log = logging.getLogger(__name__)
 
 GIB = 2**30
-# Fitted to bench/results/train_memory.json (MiniLM-L6: hidden 384, 6 layers), see docs/benchmarks.md.
-PROCESS_BYTES = int(1.2 * GIB)  # interpreter, torch, the data, the loaded model, gradients and Adam state
-TRAIN_BYTES_PER_TOKEN = 60_000  # activations kept for backward, per token of the largest forward pass
-ENCODE_BYTES_PER_TOKEN = 6_000  # a no-grad forward (evaluation, mining)
+# Fitted to bench/results/train_memory.json (MiniLM-L6: hidden 384, 6 layers, batch 32, 256 tokens; the
+# figures and the fit are in docs/benchmarks.md, "Training memory").
+PROCESS_BYTES = int(1.0 * GIB)  # interpreter, torch, the data, the model, its gradients and Adam state
+FUSED_BYTES_PER_TOKEN = 230_000  # kept for backward per token of a pass with gradients, fused attention
+ATTENTION_MATRIX_BYTES_PER_TOKEN = 240_000  # more with attention dropout (math path), at 256 tokens
+ENCODE_BYTES_PER_TOKEN = 40_000  # a no-grad forward (the evaluations, mining)
 ENCODE_BATCH = 64  # encode_texts' batch: the step-0 evaluation, mining
 REFERENCE_WIDTH_X_DEPTH = 384 * 6
 
@@ -51,26 +53,39 @@ def model_scale(base_path: str) -> float:
         return 1.0
 
 
+def train_bytes_per_token(seq: int, attention_dropout: float | None) -> float:
+    """With attention dropout torch's attention takes its math path, which keeps each layer's
+    (heads x seq) probabilities and their dropout mask per token: that part grows with ``seq``."""
+    extra = 0.0 if attention_dropout == 0 else ATTENTION_MATRIX_BYTES_PER_TOKEN * seq / 256
+    return FUSED_BYTES_PER_TOKEN + extra
+
+
+def _training_pass(kind: str, params: dict[str, Any]) -> tuple[int, int, float | None, str]:
+    """(texts, tokens per text, attention dropout, words) of the largest forward pass with gradients."""
+    if kind == "embedder":
+        seq, batch = params["passage_max_len"], params["batch_size"]
+        # Uncached, every column of the batch at once (queries counted at full length: an upper bound);
+        # cached (GradCache), one mini-batch of one column at a time.
+        texts = (
+            min(params["mini_batch_size"], batch) if params["cached_loss"] else batch * (1 + params["train_group_size"])
+        )
+        return texts, seq, params.get("attention_dropout", 0.0), f"{texts} texts x {seq} tokens with gradients"
+    queries = params["mini_batch_size"] or (2 if params["batch_size"] % 2 == 0 else 1)
+    texts = queries * params["group_size"]
+    words = f"{texts} (query, passage) pairs x {params['max_length']} tokens with gradients"
+    return texts, params["max_length"], 0.1, words  # a cross-encoder trains with its attention dropout
+
+
 def estimate_peak(kind: str, params: dict[str, Any], scale: float = 1.0) -> Estimate:
     """Peak resident bytes of a job of ``kind`` with validated ``params`` (see docs/training.md, Memory)."""
-    if kind == "embedder":
-        seq = params["passage_max_len"]
-        texts = params["mini_batch_size"] if params["cached_loss"] else params["batch_size"] * (
-            1 + params["train_group_size"]
-        )
-        what = f"{texts} texts x {seq} tokens with gradients"
-    elif kind == "reranker":
-        seq = params["max_length"]
-        queries = params["mini_batch_size"] or (2 if params["batch_size"] % 2 == 0 else 1)
-        texts = queries * params["group_size"]
-        what = f"{texts} (query, passage) pairs x {seq} tokens with gradients"
-    else:
+    if kind not in ("embedder", "reranker"):
         seq = params.get("passage_max_len") or 256
         encode = int(ENCODE_BYTES_PER_TOKEN * ENCODE_BATCH * seq * scale)
-        return Estimate(PROCESS_BYTES + encode, f"encoding {ENCODE_BATCH} texts x {seq} tokens")
-    train = TRAIN_BYTES_PER_TOKEN * texts * seq * scale
+        return Estimate(int(PROCESS_BYTES * scale) + encode, f"encoding {ENCODE_BATCH} texts x {seq} tokens")
+    texts, seq, dropout, words = _training_pass(kind, params)
+    train = train_bytes_per_token(seq, dropout) * texts * seq * scale
     encode = ENCODE_BYTES_PER_TOKEN * ENCODE_BATCH * seq * scale
-    return Estimate(int(PROCESS_BYTES * scale + max(train, encode)), what)
+    return Estimate(int(PROCESS_BYTES * scale + max(train, encode)), words)
 
 
 def _read_int(path: Path) -> int | None:

@@ -65,7 +65,11 @@ class EmbedderParams(TrainingParams):
     query_instruction_format: str = Field("{}{}", max_length=100)
     passage_instruction: str = Field("", max_length=1000)
     normalize: bool = True
-    cached_loss: bool = Field(False, description="GradCache (CachedMultipleNegativesRankingLoss).")
+    cached_loss: bool = Field(
+        True,
+        description="GradCache (CachedMultipleNegativesRankingLoss): the same gradient as the plain loss, computed "
+        "in passes of mini_batch_size texts, so memory no longer grows with batch_size (docs/training.md, Memory).",
+    )
     attention_dropout: float | None = Field(
         0.0,
         ge=0,
@@ -74,7 +78,7 @@ class EmbedderParams(TrainingParams):
         "MiniLM). 0 lets torch's fused attention kernel run, which keeps no attention matrices for backward "
         "(docs/training.md, Memory).",
     )
-    mini_batch_size: int = Field(32, ge=1, le=4096)
+    mini_batch_size: int = Field(16, ge=1, le=4096, description="Texts per GradCache pass (cached_loss).")
     knowledge_distillation: Literal["auto", "off"] = Field(
         "auto",
         description="auto: add a KL term to the teacher's pos_scores/neg_scores when every training row has a "
