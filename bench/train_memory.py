@@ -55,6 +55,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "attn_dropout0_cached_mb16": {"attention_dropout": 0.0, "cached_loss": True, "mini_batch_size": 16},
     "attn_dropout0_cached_mb32": {"attention_dropout": 0.0, "cached_loss": True, "mini_batch_size": 32},
     "eval": {"mode": "eval"},
+    # A whole embedder job (step-0 evaluation, mining, training, final evaluation) at today's defaults, small.
+    "job": {"mode": "job"},
 }
 
 
@@ -86,9 +88,31 @@ def scifact_rows(n_rows: int, seed: int = 0) -> tuple[dict[str, list[str]], list
     return rows, [passage_text(rs.corpus[d]) for d in doc_ids]
 
 
+def job_probe(steps: int, eval_docs: int) -> dict[str, Any]:
+    """A real job (``train_embedder``) at the default params: 64 SciFact training queries, ``steps`` steps,
+    10% of the queries held out, ``eval_docs`` documents; its process's peak is the job's."""
+    from app.training.data import EvalSpec
+    from app.training.params import EmbedderParams
+    from bench.common import run_embedder_job
+
+    spec = EvalSpec(holdout_fraction=0.1, seed=42, max_queries=20, max_corpus_docs=eval_docs)
+    started = time.perf_counter()
+    result = run_embedder_job("scifact", spec, EmbedderParams(max_steps=steps, max_train_queries=64))
+    return {
+        "params": result["params"],
+        "steps": result["steps"],
+        "corpus_docs": result["corpus_docs"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss": vm_status()["VmHWM"],
+    }
+
+
 def run_child(config: dict[str, Any], steps: int, eval_docs: int) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
     import torch
+
+    if config["mode"] == "job":
+        return job_probe(steps, eval_docs)
 
     from app.retrieval.embedder import load_embedder
     from app.services.models import bundled_model_path
@@ -223,9 +247,10 @@ def main() -> None:
     names = list(CONFIGS) if args.config == ["all"] else args.config
     todo = {f"{n}_b{b}_s{s}": BASE | CONFIGS[n] | {"batch_size": b, "seq_len": s} for n in names
             for b in args.batch_sizes for s in args.seq_lens}  # fmt: skip
-    runs = previous_runs()
     for label, config in todo.items():
-        runs[label] = measure(label, config, args.steps, args.eval_docs, args.threads)
+        measured = measure(label, config, args.steps, args.eval_docs, args.threads)
+        runs = previous_runs()  # read again: another run of this benchmark may have written meanwhile
+        runs[label] = measured
         write_results(NAME, {"runs": runs}, False)
     print(f"written to {RESULTS / (NAME + '.json')}")
 

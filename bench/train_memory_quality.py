@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--max-train-queries", type=int, default=400)
     parser.add_argument("--max-corpus-docs", type=int, default=800)
     parser.add_argument("--variants", type=json.loads, default=VARIANTS, help="JSON {name: param overrides}")
+    parser.add_argument("--name", default="train_memory_quality", help="results file name")
     args = parser.parse_args()
     spec = EvalSpec(holdout_fraction=0.1, seed=42, max_corpus_docs=args.max_corpus_docs)
     runs: dict[str, dict[str, dict]] = {}
@@ -50,7 +51,7 @@ def main() -> None:
                 k: result[k] for k in ("base", "fine_tuned", "steps", "wall_seconds")
             }
             print(name, seed, result["fine_tuned"], flush=True)
-    write_results("train_memory_quality", {"setup": vars(args) | {"variants": args.variants}, "runs": runs,
+    write_results(args.name, {"setup": vars(args) | {"variants": args.variants}, "runs": runs,
                                            "summary": summary(runs)})  # fmt: skip
 
 
