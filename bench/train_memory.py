@@ -54,6 +54,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "attn_dropout0_cached_mb8": {"attention_dropout": 0.0, "cached_loss": True, "mini_batch_size": 8},
     "attn_dropout0_cached_mb16": {"attention_dropout": 0.0, "cached_loss": True, "mini_batch_size": 16},
     "attn_dropout0_cached_mb32": {"attention_dropout": 0.0, "cached_loss": True, "mini_batch_size": 32},
+    "attn_dropout0_checkpointing": {"attention_dropout": 0.0, "gradient_checkpointing": True},
     "eval": {"mode": "eval"},
     # A whole embedder job (step-0 evaluation, mining, training, final evaluation) at today's defaults, small.
     "job": {"mode": "job"},
