@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="optimiser steps per training config")
     parser.add_argument("--eval-docs", type=int, default=512, help="passages the eval config encodes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each child")
+    parser.add_argument("--tag", default="", help="appended to each run's label (e.g. a paired timing run)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -246,7 +247,7 @@ def main() -> None:
         print("RESULT " + json.dumps(run_child(config, args.steps, args.eval_docs)), flush=True)
         return
     names = list(CONFIGS) if args.config == ["all"] else args.config
-    todo = {f"{n}_b{b}_s{s}": BASE | CONFIGS[n] | {"batch_size": b, "seq_len": s} for n in names
+    todo = {f"{n}_b{b}_s{s}{args.tag}": BASE | CONFIGS[n] | {"batch_size": b, "seq_len": s} for n in names
             for b in args.batch_sizes for s in args.seq_lens}  # fmt: skip
     for label, config in todo.items():
         measured = measure(label, config, args.steps, args.eval_docs, args.threads)
