@@ -80,6 +80,9 @@ def test_a_job_that_does_not_fit_now_is_held_in_the_queue_not_started(
     assert (queued.status, queued.attempts, queued.started_at) == ("queued", 0, None)
     assert queued.message is not None and queued.message.startswith("waiting for memory")
 
+    two_jobs_fit = Settings(data_dir=tmp_path, worker_memory_bytes=24 * GIB)  # the development machine's RAM
+    assert memory_guard.hold_reason(queued.id, two_jobs_fit) is None  # two default jobs at once fit
+
     running.status = "succeeded"
     database.commit()
     assert memory_guard.hold_reason(queued.id, settings) is None  # memory freed: the next delivery runs it
