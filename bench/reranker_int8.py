@@ -10,8 +10,8 @@ reranked by the same model in fp32 and in the service's dynamic int8
 (``app.retrieval.quantization.maybe_int8``): ``--variants`` picks among every Linear layer, all but
 the head's, every layer with per-channel weight scales, per-channel with 8-bit activations (search's
 path where the CPU has VNNI or AMX int8), and per-channel with the feed-forward
-down-projections or the first two layers kept in fp32 (where ``bench.int8_sensitivity`` finds the
-error). The passes alternate ``--rounds`` times so that drift of the machine
+down-projections or the first two layers kept in fp32 (where the int8 sensitivity probe of commit
+53a655b found the error). The passes alternate ``--rounds`` times so that drift of the machine
 falls on all of them alike; metrics come from the first round.
 
 What is measured is fidelity: how far int8 moves the same model's quality. On the 45 held-out
@@ -47,7 +47,10 @@ from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.retrieval.quantization import maybe_int8
 from app.retrieval.reranker import HEAD_PATTERN, load_reranker, sigmoid
 from bench.common import cranfield_heldout_split, scifact_test_split, write_results
-from bench.int8_sensitivity import GROUPS
+
+# Module-name patterns of the layer groups the variants keep in fp32 (the int8 sensitivity probe of
+# commit 53a655b, bench/int8_sensitivity.py, found the error there).
+GROUPS = {"ffn_down": r"layer\.\d+\.output\.dense", **{f"layer_{i}": rf"layer\.{i}\." for i in range(6)}}
 
 # Each int8 variant: maybe_int8's keyword arguments. All but the last use 7-bit activations, as every
 # variant did before 2026-11-24, so their records stay reproducible.
@@ -58,7 +61,7 @@ VARIANTS: dict[str, dict] = {
     "int8_per_channel": {"per_channel": True} | SEVEN_BIT,  # a weight scale per output row
     # ...and the feed-forward down-projections (their inputs, after GELU, have the widest range) in fp32.
     "int8_per_channel_ffn_down_fp32": {"per_channel": True, "keep_fp32": GROUPS["ffn_down"]} | SEVEN_BIT,
-    # ...or the first two layers in fp32 (bench.int8_sensitivity: the layers int8 moves the logits most).
+    # ...or the first two layers in fp32 (the layers int8 moved the logits most, in the probe named above).
     "int8_per_channel_first_two_layers_fp32": {
         "per_channel": True,
         "keep_fp32": f"{GROUPS['layer_0']}|{GROUPS['layer_1']}",

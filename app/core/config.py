@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     index_build_attempts: int = Field(3, ge=1, description="Builds of one index before it is marked failed.")
 
+    worker_memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory all of a machine's training jobs may use together; default: the cgroup limit, else the "
+        "RAM. A job expected to peak above it is refused (422); one that does not fit now waits in the queue.",
+    )
+
     bootstrap_key: str | None = Field(
         None, description="An admin API key to accept (set it in deployments; like TEI's --api-key)."
     )

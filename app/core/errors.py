@@ -79,3 +79,9 @@ class InputTooLargeError(RetuneError):
     """More inputs, or longer texts, than the configured bounds allow."""
 
     status_code = 413
+
+
+class JobTooLargeError(RetuneError):
+    """A job whose expected peak memory exceeds all the memory the workers have (app/services/memory_guard.py)."""
+
+    status_code = 422

@@ -52,11 +52,17 @@ def passage_text(doc: Document) -> str:
     return f"{doc.title} {doc.text}".strip() if doc.title else doc.text
 
 
-def load_embedder(path: str, device: str, max_seq_length: int | None = None) -> SentenceTransformer:
+def load_embedder(
+    path: str, device: str, max_seq_length: int | None = None, attn_implementation: str | None = None
+) -> SentenceTransformer:
+    """``attn_implementation``: transformers' attention path ("eager", "sdpa"); None keeps transformers' choice."""
     from sentence_transformers import SentenceTransformer
 
     # safetensors only: a pickled checkpoint can run code when loaded.
-    model = SentenceTransformer(path, device=device, trust_remote_code=False, model_kwargs={"use_safetensors": True})
+    model_kwargs: dict[str, Any] = {"use_safetensors": True}
+    if attn_implementation:
+        model_kwargs["attn_implementation"] = attn_implementation
+    model = SentenceTransformer(path, device=device, trust_remote_code=False, model_kwargs=model_kwargs)
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model

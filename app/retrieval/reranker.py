@@ -69,12 +69,9 @@ def load_reranker(path: str, device: str, max_length: int | None = None) -> Cros
     return model
 
 
-# Pairs per forward pass. On a CPU small batches are faster: bench.rerank_batch (100 SciFact pairs,
-# MiniLM-L6, 256 tokens, 2-core AMD EPYC, two threads) took 0.86x the time of sentence-transformers'
-# default 32 in batches of 8 (4 or 16: 0.88-0.89x, 64: 0.99x, 1: 1.01x; int8 weights: 0.82x), so one
-# CPU default serves both paths; one pinned thread gains too (docs/benchmarks.md). A batch's activations
-# (8 x 256 tokens x 1,536 FFN units) stay in cache; most passages fill the 256 tokens, so padding is
-# not what differs. A GPU wants large batches: sentence-transformers' default is kept there.
+# Pairs per forward pass. On a CPU small batches are faster, fp32 and int8 alike: a batch's activations
+# stay in cache (bench.rerank_batch; the figures are in docs/benchmarks.md, "Rerank batch size").
+# A GPU wants large batches: sentence-transformers' default is kept there.
 CPU_RERANK_BATCH_SIZE = 8
 GPU_RERANK_BATCH_SIZE = 32
 

@@ -23,7 +23,7 @@ from app.db.tables import Dataset, Index, Job, MetricPoint, Model, new_id, utcno
 from app.ingest import DatasetFormatError
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, load_embedder
-from app.services import events, storage
+from app.services import events, memory_guard, storage
 from app.services.datasets import store_training_examples
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
 from app.services.provenance import trained_hashes, write_provenance
@@ -245,6 +245,10 @@ def _finish(job_id: str, status: str, **fields: object) -> None:
 
 def run_job(job_id: str, settings: Settings | None = None) -> None:
     settings = settings or get_settings()
+    waiting = memory_guard.hold_reason(job_id, settings)
+    if waiting:  # left queued: the recovery sweep sends it again
+        memory_guard.hold(job_id, waiting)
+        return
     job = _claim(job_id, settings.job_stale_seconds)
     if job is None:
         log.info("job %s: nothing to do (finished, cancelled, or running elsewhere)", job_id)

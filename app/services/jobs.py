@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.core.errors import ConflictError, InvalidRequestError
 from app.db.session import session_scope
 from app.db.tables import Dataset, Job, JobEvent, MetricPoint, Model, utcnow
-from app.services import dispatch, events, storage
+from app.services import dispatch, events, memory_guard, storage
 from app.services.datasets import get_dataset
 from app.services.lookup import get_or_404
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
@@ -124,6 +124,7 @@ def create_job(
         )
         if candidate is not None and candidate.kind != "embedder":
             raise InvalidRequestError("params.candidate_model must be an embedder")
+    memory_guard.check_fits(kind, clean_params, resolve_base_model(session, settings, base)[0], settings)
 
     if kind != "mine_negatives" and _evaluates_trained_queries(
         session, settings, kind, dataset, base_row, clean_eval, clean_params, allow_overlap

@@ -48,3 +48,24 @@ def trainer_arguments(params: TrainingParams, output_dir: Path, device: str, n_r
         "use_cpu": device == "cpu",
         **precision_flags(device),
     }
+
+
+def set_attention_dropout(model: Any, probability: float | None) -> int:
+    """Set the dropout on attention probabilities of every self-attention module; None keeps the model's own.
+
+    At 0, torch's scaled_dot_product_attention takes its fused CPU kernel, which never materialises the
+    (heads x length x length) probabilities nor their dropout mask for backward; with dropout it falls back
+    to the math path that keeps both (docs/training.md, Memory). Only the modules are changed, so the saved
+    config, and inference, are the model's own. Returns how many modules were changed.
+    """
+    from torch import nn
+
+    if probability is None:
+        return 0
+    changed = 0
+    for module in model.modules():
+        dropout = getattr(module, "dropout", None)
+        if type(module).__name__.endswith("SelfAttention") and isinstance(dropout, nn.Dropout):
+            dropout.p = probability
+            changed += 1
+    return changed

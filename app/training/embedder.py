@@ -38,7 +38,7 @@ from app.training.checkpoints import (
     save_rows,
     trainer_dir,
 )
-from app.training.common import TrainingOutcome, trainer_arguments
+from app.training.common import TrainingOutcome, set_attention_dropout, trainer_arguments
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver
 from app.training.params import EmbedderParams
@@ -150,6 +150,7 @@ def train_embedder(
     rng = random.Random(params.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     model = load_embedder(base_path, device)
+    set_attention_dropout(model, params.attention_dropout)
     base_config = base_config or saved_config(model)
     config = training_config(params, data)
     best_dir = work_dir / "best"

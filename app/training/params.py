@@ -36,12 +36,11 @@ class TrainingParams(BaseModel):
 
 
 class EmbedderParams(TrainingParams):
-    # 5e-5 beat 3e-5 on SciFact, 0.7272 vs 0.7014 nDCG@10, other params at their defaults
-    # (bench/results/scifact_embedder_lr5e5.json, scifact_embedder_top.json): a small set gives few steps.
+    # Chosen by earlier SciFact runs scored on its test split, not yet re-derived on validation queries
+    # (docs/benchmarks.md, "Embedder fine-tuning"): a small set gives few steps.
     learning_rate: float = Field(5e-5, gt=0, le=1e-2)
     batch_size: int = Field(32, ge=2, le=4096)
-    # 0.05 (scale 20, what all-MiniLM-L6-v2 was trained with) beat 0.02 on SciFact: 0.6951 vs 0.6845
-    # nDCG@10 with otherwise default params (bench/results/scifact_embedder*.json). BGE-style models
+    # 0.05: scale 20, what all-MiniLM-L6-v2 was trained with (docs/benchmarks.md). BGE-style models
     # trained at 0.02 may want 0.02.
     temperature: float = Field(0.05, gt=0, le=1, description="Softmax temperature; scale = 1/temperature.")
     train_group_size: int = Field(2, ge=1, le=64, description="1 positive + N-1 hard negatives per query.")
@@ -52,8 +51,7 @@ class EmbedderParams(TrainingParams):
     negative_rank_range: list[int] = Field(
         default_factory=lambda: [10, 50], min_length=2, max_length=2, description="Mined negatives: ranks [lo, hi)."
     )
-    # top beat random on SciFact, 0.7014 vs 0.6951 nDCG@10, other params at their defaults
-    # (bench/results/scifact_embedder_top.json, scifact_embedder_temp005.json).
+    # top: compared with random on SciFact test in earlier runs, not yet on validation (docs/benchmarks.md).
     negative_sampling: Literal["random", "top"] = Field(
         "top", description="Mined negatives: the rank window's best-ranked ones, or drawn at random from it."
     )
@@ -68,8 +66,20 @@ class EmbedderParams(TrainingParams):
     query_instruction_format: str = Field("{}{}", max_length=100)
     passage_instruction: str = Field("", max_length=1000)
     normalize: bool = True
-    cached_loss: bool = Field(False, description="GradCache (CachedMultipleNegativesRankingLoss).")
-    mini_batch_size: int = Field(32, ge=1, le=4096)
+    cached_loss: bool = Field(
+        True,
+        description="GradCache (CachedMultipleNegativesRankingLoss): the same gradient as the plain loss, computed "
+        "in passes of mini_batch_size texts, so memory no longer grows with batch_size (docs/training.md, Memory).",
+    )
+    attention_dropout: float | None = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Dropout on attention probabilities while training; null keeps the model's own (0.1 for "
+        "MiniLM). 0 lets torch's fused attention kernel run, which keeps no attention matrices for backward "
+        "(docs/training.md, Memory).",
+    )
+    mini_batch_size: int = Field(16, ge=1, le=4096, description="Texts per GradCache pass (cached_loss).")
     knowledge_distillation: Literal["auto", "on", "off"] = Field(
         "auto",
         description="auto: add a KL term to the teacher's pos_scores/neg_scores when every training row has a "

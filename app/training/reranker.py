@@ -326,9 +326,8 @@ def head_learning_rate(params: RerankerParams, new_head: bool) -> float:
     """``head_learning_rate``, else 2e-3 for a new head and the body's rate for a trained one.
 
     A new head starts at weights of about 0.02: at the body's rate it moves too little in the tens of
-    steps a small job has, and its near-constant scores hardly steer the body. Measured on 16
-    Cranfield queries (bench/results/reranker_head_lr.json): ListNet loss after 16 steps 1.75 at 1e-4,
-    1.23 with the head at 2e-3.
+    steps a small job has, and its near-constant scores hardly steer the body. Measured: docs/benchmarks.md
+    ("How fast a new head learns").
     """
     if params.head_learning_rate is not None:
         return params.head_learning_rate

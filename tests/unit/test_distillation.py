@@ -261,7 +261,7 @@ def test_distillation_choice_says_which_loss_and_why():
     )
     complete, partial = [[5.0, 1.0], [5.0, 1.0]], [[5.0, 1.0], None]
 
-    on, note = _distillation_choice(complete, data, EmbedderParams())
+    on, note = _distillation_choice(complete, data, EmbedderParams(cached_loss=False))
     assert on and note.startswith("knowledge distillation: on, loss MultipleNegativesRankingLoss"), note
     on, note = _distillation_choice(complete, data, EmbedderParams(cached_loss=True, distillation_weight=0.5))
     assert on and "CachedMultipleNegativesRankingLoss" in note and "0.5 x KL" in note, note
@@ -275,7 +275,7 @@ def test_distillation_choice_says_which_loss_and_why():
         (complete, data, EmbedderParams(normalize=False), "normalize false"),
     ]:
         on, note = _distillation_choice(rows, d, params)
-        assert not on and note.startswith("knowledge distillation: off, loss MultipleNegativesRankingLoss"), note
+        assert not on and note.startswith("knowledge distillation: off, loss CachedMultipleNegativesRankingLoss"), note
         assert why in note, note
     # Asked for explicitly, a mine_negatives file's cosines are distilled.
     assert _distillation_choice(complete, replace(data, teacher_is_first_stage=True),

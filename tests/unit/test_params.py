@@ -19,7 +19,8 @@ def test_embedder_defaults():
     assert p.query_instruction_format == "{}{}"
     assert p.passage_instruction == ""
     assert p.normalize is True
-    assert p.cached_loss is False
+    assert p.cached_loss is True and p.mini_batch_size == 16  # memory: docs/training.md, Memory
+    assert p.attention_dropout == 0.0
     assert p.learning_rate == 5e-5  # the embedder's own default (measured; TrainingParams has 3e-5)
     assert p.epochs == 2.0
     assert p.max_steps is None
