@@ -247,6 +247,7 @@ def _measure_base_and_build_rows(
     """Step 0: the base model as it is used, on validation and test (one corpus encoding); the training rows
     are mined from the same vectors. Test is touched here and once more, for the chosen model."""
     _use(model, base_config)
+    observer.on_message(f"step 0: evaluating the base model (encoding {len(data.corpus)} documents)")
     encoded = encode_corpus(model, base_config, data.corpus, observer.should_stop, "the step-0 evaluation")
     validation = evaluate_queries(model, base_config, encoded, data.validation_queries, data.validation_qrels)
     test = evaluate_queries(model, base_config, encoded, data.eval_queries, data.eval_qrels)
