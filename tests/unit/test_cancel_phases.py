@@ -73,7 +73,9 @@ def test_chunked_encoding_gives_the_vectors_of_one_call(model, monkeypatch):
     docs = [Document(id=str(i), text=f"passage {i} " + "word " * (i * 3 % 23), title="t" * (i % 3)) for i in range(37)]
     whole = encode_passages(model, EmbedderConfig(), docs, batch_size=4)
     checks: list[int] = []
-    chunked = encode_passages(model, EmbedderConfig(), docs, batch_size=4, should_stop=lambda: checks.append(1) and False)
+    chunked = encode_passages(
+        model, EmbedderConfig(), docs, batch_size=4, should_stop=lambda: checks.append(1) is not None
+    )
     assert len(checks) == 5  # ceil(37 / 8) chunks, one check before each
     np.testing.assert_allclose(chunked, whole, atol=1e-6)
 
