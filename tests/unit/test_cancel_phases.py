@@ -4,6 +4,7 @@ makes this possible gives the vectors of one call."""
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -106,8 +107,9 @@ def test_evaluate_reranker_stops_between_queries(data):
 
 
 def test_stop_during_reranker_step0_evaluation_ends_before_training(data, tmp_path: Path):
-    # Checks: the first stage's corpus encoding (one chunk), loading the reranker, then one per query.
-    observer = StopAfterChecks(allowed=3)
+    # Checks: one per chunk of the first stage's corpus encoding, loading the reranker, then one per query.
+    chunks = math.ceil(len(data.corpus) / (64 * retrieval_embedder.PASSAGE_CHUNK_BATCHES))
+    observer = StopAfterChecks(allowed=chunks + 2)
     params = RerankerParams(max_steps=2, batch_size=2, mini_batch_size=1, group_size=3, max_length=48, recall_k=5)
     with pytest.raises(TrainingCancelled, match=r"^cancelled during the evaluation at step 0, while reranking \(1 of"):
         train_reranker(BASE_PATH, data, params, tmp_path, observer, "cpu", BASE_PATH, EmbedderConfig())
