@@ -6,15 +6,16 @@ BEIR/MTEB, so the base model's step-0 figure matches the published one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.core.cancellation import TrainingCancelled
 from app.evaluation.metrics import Qrels, evaluate_run, mean_metrics, per_query_metrics
 from app.ingest.types import Document
-from app.retrieval.embedder import EmbedderConfig, encode_passages, encode_queries, passage_text
+from app.retrieval.embedder import EmbedderConfig, EncodingStopped, encode_passages, encode_queries, passage_text
 from app.retrieval.fusion import fuse
 from app.retrieval.reranker import rerank_logits
 from app.retrieval.vector_index import VectorIndex
@@ -40,12 +41,22 @@ class CorpusVectors:
     doc_ids: list[str]
 
 
-def encode_corpus(model: SentenceTransformer, config: EmbedderConfig, corpus: Mapping[str, Document]) -> CorpusVectors:
+def encode_corpus(
+    model: SentenceTransformer,
+    config: EmbedderConfig,
+    corpus: Mapping[str, Document],
+    should_stop: Callable[[], bool] | None = None,
+    stage: str = "an evaluation",
+) -> CorpusVectors:
+    """``should_stop`` is checked between chunks of passages; True raises TrainingCancelled naming ``stage``."""
     was_training = model.training
     model.eval()
     try:
         doc_ids = list(corpus)
-        return CorpusVectors(encode_passages(model, config, [corpus[d] for d in doc_ids]), doc_ids)
+        return CorpusVectors(encode_passages(model, config, [corpus[d] for d in doc_ids], should_stop=should_stop),
+                             doc_ids)  # fmt: skip
+    except EncodingStopped as exc:
+        raise TrainingCancelled(f"cancelled during {stage}, while encoding the corpus ({exc})") from None
     finally:
         model.train(was_training)
 
@@ -111,11 +122,14 @@ def evaluate_reranker(
     rerank_k: int,
     format_query=lambda q: q,
     first_stage_weight: float = 0.0,
+    should_stop: Callable[[], bool] | None = None,
+    stage: str = "an evaluation",
 ) -> RerankEvaluation:
     """Rerank each query's top ``rerank_k`` first-stage candidates; below them the first stage's order stays.
 
     With ``first_stage_weight`` > 0 the fused order (app.retrieval.fusion) is scored too, from the
-    same logits: it costs no extra model call.
+    same logits: it costs no extra model call. ``should_stop`` is checked before each query; True
+    raises TrainingCancelled naming ``stage``.
     """
     was_training = model.training
     model.eval()
@@ -123,7 +137,10 @@ def evaluate_reranker(
     stds: list[float] = []
     positives = total = 0
     try:
-        for qid, ranking in candidates.items():
+        for done, (qid, ranking) in enumerate(candidates.items()):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(f"cancelled during {stage}, while reranking ({done} of {len(candidates)} "
+                                        "queries reranked)")  # fmt: skip
             ordered = sorted(ranking.items(), key=lambda item: item[1], reverse=True)
             head = [doc for doc, _ in ordered[:rerank_k]]
             logits = rerank_logits(model, format_query(queries[qid]), [passage_text(corpus[d]) for d in head])

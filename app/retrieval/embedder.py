@@ -6,6 +6,7 @@ applied by :func:`format_query` both when training and when searching, so the tw
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -118,13 +119,43 @@ def set_query_length(model: SentenceTransformer, tokens: int | None) -> None:
         module.query_length = tokens
 
 
+class EncodingStopped(Exception):
+    """Raised by :func:`encode_passages` when its ``should_stop`` said so between two chunks."""
+
+
+PASSAGE_CHUNK_BATCHES = 2  # batches between two ``should_stop`` checks (128 passages: seconds on a CPU)
+
+
 def encode_passages(
-    model: SentenceTransformer, config: EmbedderConfig, docs: list[Document], batch_size: int = 64
+    model: SentenceTransformer,
+    config: EmbedderConfig,
+    docs: list[Document],
+    batch_size: int = 64,
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
+    """With ``should_stop``: encoded in chunks, checked before each one (a long encoding can be cancelled)."""
     # Sorting by length keeps padding low inside each batch (a large speed-up on CPU).
-    order = sorted(range(len(docs)), key=lambda i: len(docs[i].text) + len(docs[i].title))
-    passages = [config.format_passage(docs[i]) for i in order]
-    encoded = encode_texts(model, passages, config.normalize, batch_size, task="document")
+    passages = [config.format_passage(d) for d in docs]
+    order = sorted(range(len(docs)), key=lambda i: len(passages[i]))
+    passages = [passages[i] for i in order]
+    if should_stop is None:
+        encoded = encode_texts(model, passages, config.normalize, batch_size, task="document")
+    else:
+        encoded = _encode_in_chunks(model, passages, config.normalize, batch_size, should_stop)
     out = np.empty_like(encoded)
     out[order] = encoded
     return out
+
+
+def _encode_in_chunks(
+    model: SentenceTransformer, passages: list[str], normalize: bool, batch_size: int, should_stop: Callable[[], bool]
+) -> np.ndarray:
+    """Length-sorted ``passages``, longest first in whole multiples of ``batch_size``: sentence-transformers
+    batches the longest first too, so the batches, and the vectors, are those of one call."""
+    size = batch_size * PASSAGE_CHUNK_BATCHES
+    parts: list[np.ndarray] = []
+    for end in range(len(passages), 0, -size):
+        if should_stop():
+            raise EncodingStopped(f"{len(passages) - end} of {len(passages)} passages encoded")
+        parts.insert(0, encode_texts(model, passages[max(0, end - size) : end], normalize, batch_size, "document"))
+    return np.concatenate(parts) if parts else encode_texts(model, [], normalize)

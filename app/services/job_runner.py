@@ -327,17 +327,37 @@ def _run_claimed(job: Job, settings: Settings) -> None:
             observer.on_message("the verdict is not 'better': do not promote this model")
         _finish(job_id, "succeeded", model_id=model_id)
     except TrainingCancelled as exc:
-        observer.on_message(str(exc))
-        _finish(job_id, "cancelled")
+        _end_cancelled(job_id, observer, exc)
     except (ValueError, DatasetFormatError, OSError) as exc:
+        if (cancelled := _cancellation_in(exc)) is not None:
+            return _end_cancelled(job_id, observer, cancelled)
         log.exception("job %s failed", job_id)
         _finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
     except Exception as exc:
+        if (cancelled := _cancellation_in(exc)) is not None:
+            return _end_cancelled(job_id, observer, cancelled)
         log.exception("job %s failed", job_id)
         tail = "".join(traceback.format_exception(exc)[-3:])
         _finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{tail}")
     finally:
         storage.remove(work_dir)
+
+
+def _cancellation_in(exc: BaseException) -> TrainingCancelled | None:
+    """The TrainingCancelled behind ``exc``, when a library re-raised the engine's stop as its own error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TrainingCancelled):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _end_cancelled(job_id: str, observer: SqlObserver, exc: TrainingCancelled) -> None:
+    """Wherever the engine stopped (a step, an evaluation, between phases), the job ends ``cancelled``."""
+    log.info("job %s: %s", job_id, exc)
+    observer.on_message(str(exc))
+    _finish(job_id, "cancelled")
 
 
 def _roles_message(attempt: int, data: PreparedData, device: str) -> str:

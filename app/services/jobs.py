@@ -156,16 +156,17 @@ def get_job(session: Session, job_id: str) -> Job:
 
 
 def cancel_job(session: Session, job_id: str) -> Job:
-    """Queued jobs stop at once; a running job is stopped by its worker at the next step."""
+    """Queued jobs stop at once; a running job is stopped by its worker at its next check: a training
+    step, a chunk of the corpus encoding, a query of a reranker evaluation, or between two phases."""
     job = get_job(session, job_id)
     if job.status in FINAL_STATUSES:
         raise ConflictError(f"job '{job_id}' already {job.status}")
-    job.cancel_requested = True
+    already, job.cancel_requested = job.cancel_requested, True
     if job.status == "queued":
         job.status, job.finished_at, job.message = "cancelled", utcnow(), "cancelled before it started"
         events.add_status_event(session, job_id, "cancelled", job.message)
-    else:
-        events.add_event(session, job_id, "message", "cancel requested: the job stops at its next step")
+    elif not already:
+        events.add_event(session, job_id, "message", "cancel requested: the job stops at its next check")
     session.commit()
     return job
 

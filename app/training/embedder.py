@@ -40,7 +40,7 @@ from app.training.checkpoints import (
 )
 from app.training.common import TrainingOutcome, set_attention_dropout, trainer_arguments
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_negatives
-from app.training.observer import TrainingCancelled, TrainingObserver
+from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
 from app.training.params import EmbedderParams
 
 if TYPE_CHECKING:
@@ -151,6 +151,7 @@ def train_embedder(
     work_dir.mkdir(parents=True, exist_ok=True)
     model = load_embedder(base_path, device)
     set_attention_dropout(model, params.attention_dropout)
+    stop_if_asked(observer, "loading the model")
     base_config = base_config or saved_config(model)
     config = training_config(params, data)
     best_dir = work_dir / "best"
@@ -161,7 +162,7 @@ def train_embedder(
     last: dict[str, Any] = {}  # the newest validation evaluation's step and corpus vectors
 
     def evaluate(step: int, epoch: float) -> None:
-        encoded = encode_corpus(model, config, data.corpus)
+        encoded = encode_corpus(model, config, data.corpus, observer.should_stop, f"the evaluation at step {step}")
         result = evaluate_queries(model, config, encoded, data.validation_queries, data.validation_qrels)
         _record(observer, step, epoch, result.metrics, data.split(VALIDATION_ROLE))
         best.offer(step, result.metrics)
@@ -189,6 +190,7 @@ def train_embedder(
     _use(model, config)
     _set_prompts(model, config)
     train_dataset = Dataset.from_dict(rows)
+    stop_if_asked(observer, "preparing the training")
     args = SentenceTransformerTrainingArguments(
         **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)),
         save_strategy="steps",
@@ -246,11 +248,13 @@ def _measure_base_and_build_rows(
     """Step 0: the base model as it is used, on validation and test (one corpus encoding); the training rows
     are mined from the same vectors. Test is touched here and once more, for the chosen model."""
     _use(model, base_config)
-    encoded = encode_corpus(model, base_config, data.corpus)
+    observer.on_message(f"step 0: evaluating the base model (encoding {len(data.corpus)} documents)")
+    encoded = encode_corpus(model, base_config, data.corpus, observer.should_stop, "the step-0 evaluation")
     validation = evaluate_queries(model, base_config, encoded, data.validation_queries, data.validation_qrels)
     test = evaluate_queries(model, base_config, encoded, data.eval_queries, data.eval_qrels)
     _record(observer, 0, 0.0, validation.metrics, data.split(VALIDATION_ROLE))
     _record(observer, 0, 0.0, test.metrics, data.split(TEST_ROLE))
+    stop_if_asked(observer, "the step-0 evaluation")
     rows, teacher = _build_rows(model, base_config, data, params, encoded.vectors, encoded.doc_ids, rng)
     distill, why = _distillation_choice(teacher, data, params)
     if distill:
@@ -279,7 +283,7 @@ def _test_chosen(
     else:
         chosen = load_embedder(str(best_dir), device)
         _use(chosen, config)
-        encoded = encode_corpus(chosen, config, data.corpus)
+        encoded = encode_corpus(chosen, config, data.corpus, observer.should_stop, "the final test")
     validation = evaluate_queries(chosen, config, encoded, data.validation_queries, data.validation_qrels)
     calibration = calibrate_embedder(best_dir, validation.run, data.validation_qrels, params.relevance_min_grade)
     test = evaluate_queries(chosen, config, encoded, data.eval_queries, data.eval_qrels)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from app.core.cancellation import TrainingCancelled
 
-class TrainingCancelled(Exception):
-    """Raised by the engine after it stopped because the observer asked it to."""
+__all__ = ["TrainingCancelled", "TrainingObserver", "stop_if_asked"]
 
 
 class TrainingObserver(Protocol):
@@ -16,7 +16,7 @@ class TrainingObserver(Protocol):
     def on_progress(self, step: int, total_steps: int) -> None: ...
 
     def should_stop(self) -> bool:
-        """Polled every step: True once the user asked to cancel."""
+        """Polled every step, between chunks of an evaluation and between phases: True once the user asked to cancel."""
         ...
 
     def on_resume(self, step: int) -> None:
@@ -24,3 +24,9 @@ class TrainingObserver(Protocol):
 
     def on_message(self, text: str) -> None:
         """A human-readable note for the job (e.g. 'model not better than base')."""
+
+
+def stop_if_asked(observer: TrainingObserver, stage: str) -> None:
+    """Between two phases of a job (loading, evaluating, training): stop there once the user asked to cancel."""
+    if observer.should_stop():
+        raise TrainingCancelled(f"cancelled after {stage}")

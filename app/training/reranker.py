@@ -40,7 +40,7 @@ from app.training.checkpoints import (
 )
 from app.training.common import TrainingOutcome, trainer_arguments
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_scored_negatives
-from app.training.observer import TrainingCancelled, TrainingObserver
+from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
 from app.training.params import RerankerParams
 from app.training.pseudo_queries import PseudoQuery, cut_pseudo_queries
 
@@ -135,6 +135,7 @@ def train_reranker(
 
     set_seed(params.seed)  # a new head is drawn at load time, before the trainer seeds anything
     model = load_reranker(base_path, device, params.max_length)
+    stop_if_asked(observer, "loading the model")
     best_dir = work_dir / "best"
     best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))
     best.base_value = first_metrics[params.select_metric]  # the first stage alone is the bar
@@ -155,6 +156,7 @@ def train_reranker(
     from datasets import Dataset
 
     train_dataset = Dataset.from_dict(rows)
+    stop_if_asked(observer, "preparing the training")
     args = CrossEncoderTrainingArguments(
         **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)) | _batching(params, rows),
         save_strategy="steps",
@@ -204,7 +206,7 @@ def _start(
     work_dir: Path,
 ) -> tuple[dict[str, list[Any]], dict[str, dict[str, dict[str, float]]], dict[str, float], dict]:
     """A first attempt: the first stage on validation and test (the base: measured once here), the rows."""
-    first = _first_stage(data, params, device, candidate_path, candidate_config)
+    first = _first_stage(data, params, device, candidate_path, candidate_config, observer.should_stop)
     runs = {VALIDATION_ROLE: first.run, TEST_ROLE: first.test_run}
     save_first_stage_run(work_dir, runs)
     rows = _training_rows(
@@ -225,6 +227,7 @@ def _evaluate_on_validation(model: CrossEncoder, run: _Run, step: int, epoch: fl
     result = evaluate_reranker(
         model, run.runs[VALIDATION_ROLE], data.corpus, data.validation_queries, data.validation_qrels,
         params.recall_k, run.candidate_config.format_query, 0.0 if auto else float(params.first_stage_weight),
+        observer.should_stop, f"the evaluation at step {step}",
     )  # fmt: skip
     weight, fused_metrics = run.weight_at(None), result.fused_metrics
     if auto:  # the same logits, fused at every grid weight: no extra model call
@@ -273,7 +276,7 @@ def _test_chosen(model: CrossEncoder, run: _Run) -> Verdict:
     )  # fmt: skip
     result = evaluate_reranker(
         model, run.runs[TEST_ROLE], data.corpus, data.eval_queries, data.eval_qrels, params.recall_k,
-        run.candidate_config.format_query, weight,
+        run.candidate_config.format_query, weight, run.observer.should_stop, "the final test",
     )  # fmt: skip
     test_split = data.split(TEST_ROLE)
     for name, value in result.metrics.items():
@@ -306,6 +309,8 @@ def _validation_logits(model: CrossEncoder, run: _Run) -> dict[str, dict[str, fl
         data.validation_qrels,
         run.params.recall_k,
         run.candidate_config.format_query,
+        should_stop=run.observer.should_stop,
+        stage="the final test",
     ).run
 
 
@@ -340,11 +345,12 @@ def _first_stage(
     device: str,
     candidate_path: str,
     candidate_config: EmbedderConfig,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FirstStage:
     """One corpus encoding gives the evaluation candidates (and their metrics), the training negatives
     and the first stage's scores of the training passages (the teacher, for ``first_stage_temperature``)."""
     embedder = load_embedder(candidate_path, device, candidate_config.max_seq_length)
-    encoded = encode_corpus(embedder, candidate_config, data.corpus)
+    encoded = encode_corpus(embedder, candidate_config, data.corpus, should_stop, "the step-0 (first-stage) evaluation")
     # At least 100 candidates, so recall@100 is recall at 100 (the reranker reorders the top recall_k).
     depth = max(params.recall_k, 100)
     first = evaluate_queries(

@@ -156,7 +156,7 @@ def test_cancel_then_watch_exits_with_the_cancelled_code(cli: Cli, tmp_path: Pat
     job = cli.json("jobs", "create", "--kind", "embedder", "--dataset", dataset["id"], "--param", "epochs=3")
     assert job["status"] == "queued"
     cancelled = cli.json("jobs", "cancel", job["id"])
-    assert cancelled["id"] == job["id"] and cancelled["status"] in {"cancelled", "running"}
+    assert cancelled["id"] == job["id"] and cancelled["status"] in {"cancelled", "cancelling"}
     run = cli("jobs", "watch", job["id"], "--interval", "0.5")
     assert run.returncode == ExitCode.JOB_CANCELLED, (run.stdout, run.stderr)
     assert f"job {job['id']} cancelled" in run.stdout

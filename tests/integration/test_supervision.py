@@ -138,7 +138,7 @@ def test_dead_worker_degraded_health_stalled_job_and_cancel_ends_it(tmp_path: Pa
         service.wait_for("/health", lambda h: h["status"] == "degraded" and h["workers"] == [], timeout=30)
 
         cancel = client.post(f"/jobs/{job['id']}/cancel")
-        assert cancel.status_code == 200 and cancel.json()["status"] == "running", cancel.text
+        assert cancel.status_code == 200 and cancel.json()["status"] == "cancelling", cancel.text
         worker = start_worker(tmp_path, env)
         ended = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=180)
         assert ended["status"] == "cancelled", (ended, service.log_tail())

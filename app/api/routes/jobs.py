@@ -24,6 +24,8 @@ SSE_KEEPALIVE_SECONDS = 15.0
 
 def _out(db: Session, job: Job) -> JobOut:
     out = JobOut.model_validate(job)
+    if job.status == "running" and job.cancel_requested:
+        out.status = "cancelling"  # computed: the worker ends it 'cancelled' at its next check
     if job.model_id and (model := db.get(Model, job.model_id)) is not None:
         out.better_than_base, out.verdict = model.better_than_base, model.verdict
     out.estimated_finish = jobs.estimated_finish(job)
