@@ -91,7 +91,10 @@ def test_api_restart_while_job_runs(tmp_path: Path, pg_env: dict[str, str], scif
         assert final["attempts"] == 1, "the job was never interrupted"
         points = service.client.get(f"/jobs/{job['id']}/metrics").json()["points"]
         assert [p["step"] for p in points if p["name"] == "loss"] == list(range(1, final["total_steps"] + 1))
-        assert [p["step"] for p in points if p["name"] == "ndcg@10"] == [0, final["total_steps"]]
+        assert [p["step"] for p in points if p["name"] == "ndcg@10" and p["split"] == "validation"] == [
+            0,
+            final["total_steps"],
+        ]
     finally:
         stop_service(proc)
         os.killpg(worker.pid, signal.SIGKILL)

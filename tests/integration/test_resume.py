@@ -104,7 +104,7 @@ def _kill_and_resume(
     points = client.get(f"/jobs/{job['id']}/metrics").json()["points"]
     loss_steps = [p["step"] for p in points if p["name"] == "loss"]
     assert loss_steps == list(range(1, MAX_STEPS + 1)), loss_steps  # each step once, none lost or doubled
-    assert [p["step"] for p in points if p["name"] == "ndcg@10"] == [0, MAX_STEPS]
+    assert [p["step"] for p in points if p["name"] == "ndcg@10" and p["split"] == "validation"] == [0, MAX_STEPS]
     logged = [p["value"] for p in points if p["name"] == "learning_rate"]
     expected = expected_learning_rates(MAX_STEPS, PARAMS["warmup_ratio"], PARAMS["learning_rate"])
     assert logged == pytest.approx(expected, rel=1e-6, abs=1e-12), (logged, expected)

@@ -204,7 +204,8 @@ def test_dashboard_upload_train_watch_index_search(page, service: Service, scifa
     page.locator("#index-dataset").select_option(value=dataset_id)
     page.locator("#index-model").select_option(value=model_id)
     page.click("#build-index")
-    page.locator("#indexes tr", has_text="ready").wait_for(timeout=180_000)
+    # Other tests of the session built indexes too: wait for this model's row.
+    page.locator("#indexes tr", has_text=model_id).filter(has_text="ready").wait_for(timeout=180_000)
 
     page.goto("/ui/#/search")
     page.wait_for_selector("#search-form")
