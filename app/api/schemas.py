@@ -206,6 +206,19 @@ class MetricsOut(BaseModel):
     points: list[MetricPointOut]
 
 
+class CheckpointOut(BaseModel):
+    step: int
+    epoch: float
+    metrics: dict[str, float] = Field(description="Its validation figures (the fused order for a fusing reranker).")
+    chosen: bool = Field(description="The job's model (finished), or the best so far by select_metric (running).")
+
+
+class CheckpointsOut(BaseModel):
+    job_id: str
+    chosen_step: int | None
+    checkpoints: list[CheckpointOut] = Field(description="Every validation evaluation, step 0 (the base) first.")
+
+
 class IndexIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -224,6 +237,7 @@ class IndexOut(Orm):
     index_type: str
     memory_bytes: int | None
     num_docs: int | None
+    docs_encoded: int | None = Field(None, description="While building: passages encoded so far, of num_docs.")
     dim: int | None
     error: str | None
     created_at: datetime

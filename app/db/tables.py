@@ -131,6 +131,7 @@ class Index(Base):
     index_type: Mapped[str] = mapped_column(String(10), default="flat")  # requested ("auto") until built
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     num_docs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    docs_encoded: Mapped[int | None] = mapped_column(Integer, nullable=True)  # progress of a build: of num_docs
     dim: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

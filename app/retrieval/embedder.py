@@ -132,23 +132,32 @@ def encode_passages(
     docs: list[Document],
     batch_size: int = 64,
     should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """With ``should_stop``: encoded in chunks, checked before each one (a long encoding can be cancelled)."""
+    """With ``should_stop``: encoded in chunks, checked before each one (a long encoding can be cancelled);
+    with ``on_progress``: called after each chunk with (passages encoded, total)."""
     # Sorting by length keeps padding low inside each batch (a large speed-up on CPU).
     passages = [config.format_passage(d) for d in docs]
     order = sorted(range(len(docs)), key=lambda i: len(passages[i]))
     passages = [passages[i] for i in order]
-    if should_stop is None:
+    if should_stop is None and on_progress is None:
         encoded = encode_texts(model, passages, config.normalize, batch_size, task="document")
     else:
-        encoded = _encode_in_chunks(model, passages, config.normalize, batch_size, should_stop)
+        encoded = _encode_in_chunks(
+            model, passages, config.normalize, batch_size, should_stop or (lambda: False), on_progress
+        )
     out = np.empty_like(encoded)
     out[order] = encoded
     return out
 
 
 def _encode_in_chunks(
-    model: SentenceTransformer, passages: list[str], normalize: bool, batch_size: int, should_stop: Callable[[], bool]
+    model: SentenceTransformer,
+    passages: list[str],
+    normalize: bool,
+    batch_size: int,
+    should_stop: Callable[[], bool],
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Length-sorted ``passages``, longest first in whole multiples of ``batch_size``: sentence-transformers
     batches the longest first too, so the batches, and the vectors, are those of one call."""
@@ -158,4 +167,6 @@ def _encode_in_chunks(
         if should_stop():
             raise EncodingStopped(f"{len(passages) - end} of {len(passages)} passages encoded")
         parts.insert(0, encode_texts(model, passages[max(0, end - size) : end], normalize, batch_size, "document"))
+        if on_progress is not None:
+            on_progress(len(passages) - max(0, end - size), len(passages))
     return np.concatenate(parts) if parts else encode_texts(model, [], normalize)

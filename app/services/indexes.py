@@ -159,6 +159,12 @@ def build_index(index_id: str, settings: Settings | None = None) -> None:
         _build_claimed(index_id, settings)
 
 
+def _progress(index_id: str, done: int, total: int) -> None:
+    """Passages encoded so far, for GET /indexes/{id} (one short transaction a chunk of passages)."""
+    with session_scope() as s:
+        s.execute(update(Index).where(Index.id == index_id).values(docs_encoded=done, num_docs=total))
+
+
 def _build_claimed(index_id: str, settings: Settings) -> None:
     """Encode the corpus, write the index to a staging folder, publish by rename."""
     with session_scope() as s:
@@ -180,7 +186,12 @@ def _build_claimed(index_id: str, settings: Settings) -> None:
         corpus = read_retrieval_set(dataset_dir).corpus
         embedder = load_embedder(path, resolve_device(settings.device), config.max_seq_length)
         doc_ids = list(corpus)
-        vectors = encode_passages(embedder, config, [corpus[d] for d in doc_ids])
+        vectors = encode_passages(
+            embedder,
+            config,
+            [corpus[d] for d in doc_ids],
+            on_progress=lambda done, total: _progress(index_id, done, total),
+        )
         index = VectorIndex.build(vectors, doc_ids, choose_kind(requested_type, len(doc_ids)))
         index.save(staging)
         (staging / META_FILE).write_text(json.dumps({"model_id": model.id, "embedder_config": config.to_dict()}))

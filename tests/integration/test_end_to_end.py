@@ -81,11 +81,17 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     assert job["verdict"] == verdict and job["better_than_base"] == models[model_id]["better_than_base"]
 
     _chained_job_evaluating_on_trained_queries_is_refused(service, dataset["id"], model_id)
+    # The evaluated checkpoints: step 0 (the base) and the end; the chosen one is where test was measured.
+    found = client.get(f"/jobs/{job['id']}/checkpoints").json()
+    assert [c["step"] for c in found["checkpoints"]] == [0, last_step]
+    assert found["chosen_step"] == test_steps[1] and sum(c["chosen"] for c in found["checkpoints"]) == 1
+    assert found["checkpoints"][-1]["metrics"].keys() >= HEADLINE
 
     index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": model_id})
     assert index.status_code == 202, index.text
     index = service.wait_for(f"/indexes/{index.json()['id']}", lambda i: i["status"] != "building", timeout=180)
     assert index["status"] == "ready", index
+    assert index["docs_encoded"] == index["num_docs"] == dataset["stats"]["docs"]  # the build reported progress
     assert index["num_docs"] == dataset["stats"]["docs"] and index["dim"] == 384
 
     query = "Vitamin D deficiency is associated with an increased risk of infection."

@@ -79,6 +79,13 @@ def test_chunked_encoding_gives_the_vectors_of_one_call(model, monkeypatch):
     )
     assert len(checks) == 5  # ceil(37 / 8) chunks, one check before each
     np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    # Progress (an index build's passages encoded / total) after each chunk, the same vectors again.
+    seen: list[tuple[int, int]] = []
+    reported = encode_passages(
+        model, EmbedderConfig(), docs, batch_size=4, on_progress=lambda d, t: seen.append((d, t))
+    )
+    assert [d for d, _ in seen] == [8, 16, 24, 32, 37] and {t for _, t in seen} == {37}
+    np.testing.assert_allclose(reported, whole, atol=1e-6)
 
 
 def test_stop_during_step0_corpus_encoding_ends_before_training(data, tmp_path: Path, monkeypatch):

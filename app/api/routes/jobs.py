@@ -1,5 +1,6 @@
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -9,10 +10,19 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import DbSession, ReadAccess, SettingsDep, WriteAccess
 from app.api.pagination import PageQuery, paginate
-from app.api.schemas import JobEventOut, JobEventsOut, JobIn, JobOut, MetricPointOut, MetricsOut
+from app.api.schemas import (
+    CheckpointOut,
+    CheckpointsOut,
+    JobEventOut,
+    JobEventsOut,
+    JobIn,
+    JobOut,
+    MetricPointOut,
+    MetricsOut,
+)
 from app.db.session import session_scope
 from app.db.tables import Job, Model
-from app.services import events, jobs, listing
+from app.services import checkpoints, events, jobs, listing
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -71,6 +81,12 @@ def delete_job(job_id: str, db: DbSession, settings: SettingsDep) -> None:
 @router.post("/{job_id}/cancel", response_model=JobOut, dependencies=[WriteAccess])
 def cancel_job(job_id: str, db: DbSession) -> JobOut:
     return _out(db, jobs.cancel_job(db, job_id))
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointsOut, dependencies=[ReadAccess])
+def job_checkpoints(job_id: str, db: DbSession) -> CheckpointsOut:
+    chosen, found = checkpoints.job_checkpoints(db, job_id)
+    return CheckpointsOut(job_id=job_id, chosen_step=chosen, checkpoints=[CheckpointOut(**asdict(c)) for c in found])
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut, dependencies=[ReadAccess])
