@@ -18,7 +18,11 @@ def page_jobs(
     dataset_id: str | None = None,
 ) -> Page[Job]:
     stmt = select(Job)
-    if status is not None:
+    if status == "cancelling":  # shown for a running job whose cancel the worker has not confirmed yet
+        stmt = stmt.where(Job.status == "running", Job.cancel_requested.is_(True))
+    elif status == "running":
+        stmt = stmt.where(Job.status == "running", Job.cancel_requested.is_(False))
+    elif status is not None:
         stmt = stmt.where(Job.status == status)
     if kind is not None:
         stmt = stmt.where(Job.kind == kind)

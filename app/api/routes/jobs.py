@@ -26,7 +26,7 @@ from app.services import checkpoints, events, jobs, listing
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 JobKind = Literal["embedder", "reranker", "mine_negatives"]
 SSE_POLL_SECONDS = 0.5
 SSE_KEEPALIVE_SECONDS = 15.0
