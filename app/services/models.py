@@ -174,3 +174,12 @@ def stream_download(
     root, filename = download_filename(row, archive_format)
     card = build_model_card(session, row, folder, root)
     return stream_model_archive(folder, root, card, archive_format), filename
+
+
+def model_card(session: Session, settings: Settings, model_id: str) -> str:
+    """The model card a download carries (README.md), on its own."""
+    row = get_model(session, model_id)
+    folder = Path(model_path(settings, row))
+    if not folder.is_dir():
+        raise ConflictError(f"model '{model_id}': its files are missing on this server")
+    return build_model_card(session, row, folder, download_filename(row, "tar.gz")[0])

@@ -160,6 +160,9 @@ def test_embedder_download_loads_outside_retune_and_reproduces_its_ndcg(
 
     card = (tar_dir / "README.md").read_text()
     assert card == (zip_dir / "README.md").read_text()
+    served = service.client.get(f"/models/{model_id}/card")
+    assert served.status_code == 200 and served.headers["content-type"].startswith("text/markdown")
+    assert served.text == card  # the dashboard shows the card the download carries
     assert card.startswith("---\n") and "library_name: sentence-transformers" in card
     for section in CARD_SECTIONS:
         assert section in card, section
