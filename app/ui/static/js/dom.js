@@ -34,7 +34,11 @@ export function statusBadge(status) {
 /** The verdict a job or model carries: `verdict` when the API gives one, else the older `better_than_base`. */
 export function verdictBadge(item) {
   let text = item.verdict;
-  if (text && typeof text === "object") text = text.verdict || text.label || JSON.stringify(text);
+  if (text && typeof text === "object") {
+    // {metric, delta, ci_low, ci_high, result}: the result and the paired change with its 95% interval.
+    const signed = (x) => (x >= 0 ? "+" : "") + x.toFixed(3);
+    text = `${text.result.replace("_", " ")} (${text.metric} ${signed(text.delta)}, ${signed(text.ci_low)}..${signed(text.ci_high)})`;
+  }
   if (!text && item.better_than_base !== null && item.better_than_base !== undefined) {
     text = item.better_than_base ? "better" : "not better";
   }
