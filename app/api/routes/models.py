@@ -1,7 +1,7 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import DbSession, ReadAccess, SettingsDep, WriteAccess
 from app.api.pagination import PageQuery, paginate
@@ -67,12 +67,12 @@ def download_model(
 @router.get(
     "/{model_id}/card",
     dependencies=[ReadAccess],
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"text/markdown": {}}}},
+    response_class=Response,  # no default media type: the error answers stay documented as JSON
+    responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}},
 )
-def model_card(model_id: str, db: DbSession, settings: SettingsDep) -> PlainTextResponse:
+def model_card(model_id: str, db: DbSession, settings: SettingsDep) -> Response:
     """The generated model card (the README.md of a download), as Markdown."""
-    return PlainTextResponse(models.model_card(db, settings, model_id), media_type="text/markdown")
+    return Response(models.model_card(db, settings, model_id), media_type="text/markdown")
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteAccess])
