@@ -48,12 +48,27 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
 
 
+def commit() -> str | None:
+    """The checkout's commit (with ``+dirty`` when it has uncommitted changes), or None outside git."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        return f"{head}+dirty" if git("status", "--porcelain", "--untracked-files=no") else head
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def write_results(name: str, payload: dict[str, Any], echo: bool = True) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
         "machine": machine(),
     } | payload
     path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -123,6 +138,12 @@ def run_embedder_job(
             shutil.copytree(outcome.model_dir, keep, dirs_exist_ok=True)
     last = max(p["step"] for p in observer.points)
     base, final = observer.metrics_at(0, data.eval_label), observer.metrics_at(last, data.eval_label)
+    test_reports = {
+        p["split"]: observer.metrics_at(last, p["split"])
+        for p in observer.points
+        if p["step"] == last and p["split"].startswith(f"{data.eval_label}/")
+    }
+    validation = sorted({p["split"] for p in observer.points if p["split"].startswith("validation")})
     return {
         "params": params.model_dump(mode="json"),
         "evaluation": data.eval_label,
@@ -133,6 +154,17 @@ def run_embedder_job(
         "fine_tuned": final,
         "delta_ndcg@10": final["ndcg@10"] - base["ndcg@10"],
         "better_than_base": outcome.better_than_base,
+        "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
+        "calibration_report": test_reports,
+        "validation_curve": {
+            split: [
+                {"step": p["step"], "ndcg@10": p["value"]}
+                for p in observer.points
+                if p["split"] == split and p["name"] == "ndcg@10"
+            ]
+            for split in validation
+        },
+        "validation_queries": len(data.validation_qrels),
         "steps": last,
         "wall_seconds": round(wall, 1),
     }
