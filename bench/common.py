@@ -62,13 +62,26 @@ def commit() -> str | None:
         return None
 
 
+_COMMIT_AT_START: list[str | None] = []
+
+
+def started_commit() -> str | None:
+    """The commit when the benchmark started (first asked at import), so later commits do not relabel a run."""
+    if not _COMMIT_AT_START:
+        _COMMIT_AT_START.append(commit())
+    return _COMMIT_AT_START[0]
+
+
+started_commit()
+
+
 def write_results(name: str, payload: dict[str, Any], echo: bool = True) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": commit(),
+        "commit": started_commit(),
         "machine": machine(),
     } | payload
     path.write_text(json.dumps(payload, indent=2) + "\n")
