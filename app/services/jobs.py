@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.errors import ConflictError, InvalidRequestError
 from app.db.session import session_scope
-from app.db.tables import Dataset, Job, JobEvent, MetricPoint, Model, utcnow
+from app.db.tables import Job, JobEvent, MetricPoint, Model, utcnow
 from app.services import dispatch, events, memory_guard, storage
 from app.services.datasets import get_dataset
 from app.services.lookup import get_or_404
@@ -72,22 +72,16 @@ def _validation_fields(dataset_format: str, stats: dict[str, Any], spec: dict[st
     return {}
 
 
-def _evaluates_trained_queries(
-    session: Session,
-    settings: Settings,
-    kind: str,
-    dataset: Dataset,
-    base_row: Model | None,
-    clean_eval: dict[str, Any],
-    clean_params: dict[str, Any],
-    allow_overlap: bool,
-) -> bool:
-    """The provenance check of the job's base and candidate models (app.services.provenance)."""
-    models: dict[str, Model | None] = {"base_model": base_row}
-    if kind == "reranker":
-        candidate = clean_params.get("candidate_model") or BUNDLED_MODEL_ID
-        models["params.candidate_model"] = resolve_base_model(session, settings, candidate)[1]
-    return check_evaluation_queries(session, settings, dataset, clean_eval, clean_params, models, allow_overlap)
+def _candidate_row(session: Session, settings: Settings, clean_params: dict[str, Any]) -> Model | None:
+    """A reranker job's first-stage embedder (the bundled one by default), resolved once: its kind is
+    checked here, and its provenance with the base model's."""
+    reference = clean_params.get("candidate_model")
+    if not reference:
+        return resolve_base_model(session, settings, BUNDLED_MODEL_ID)[1]
+    _, candidate = resolve_base_model(session, settings, reference, field="params.candidate_model")
+    if candidate is not None and candidate.kind != "embedder":
+        raise InvalidRequestError("params.candidate_model must be an embedder")
+    return candidate
 
 
 def create_job(
@@ -115,19 +109,16 @@ def create_job(
     if dataset.format == "beir" and train_split not in (dataset.stats.get("qrels") or {}):
         raise InvalidRequestError(f"params.train_split '{train_split}': the dataset has no such split")
     base = base_model or settings.default_base_model
-    _, base_row = resolve_base_model(session, settings, base)
+    base_path, base_row = resolve_base_model(session, settings, base)
     if kind in ("embedder", "mine_negatives") and base_row is not None and base_row.kind != "embedder":
         raise InvalidRequestError(f"base_model '{base}' is a {base_row.kind}, not an embedder")
-    if kind == "reranker" and clean_params.get("candidate_model"):
-        _, candidate = resolve_base_model(
-            session, settings, clean_params["candidate_model"], field="params.candidate_model"
-        )
-        if candidate is not None and candidate.kind != "embedder":
-            raise InvalidRequestError("params.candidate_model must be an embedder")
-    memory_guard.check_fits(kind, clean_params, resolve_base_model(session, settings, base)[0], settings)
+    models: dict[str, Model | None] = {"base_model": base_row}  # whose trained queries the evaluation must avoid
+    if kind == "reranker":
+        models["params.candidate_model"] = _candidate_row(session, settings, clean_params)
+    memory_guard.check_fits(kind, clean_params, base_path, settings)
 
-    if kind != "mine_negatives" and _evaluates_trained_queries(
-        session, settings, kind, dataset, base_row, clean_eval, clean_params, allow_overlap
+    if kind != "mine_negatives" and check_evaluation_queries(
+        session, settings, dataset, clean_eval, clean_params, models, allow_overlap
     ):
         clean_eval["contaminated"] = True
     job = Job(kind=kind, dataset_id=dataset.id, base_model=base, params=clean_params, eval=clean_eval)
