@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from app.client.context import JsonOpt, get_api
+from app.client.endpoints import delete_item, show_item, show_list
 from app.client.exit_codes import job_exit_code
 from app.client.output import console, print_json, show
 from app.client.params import ParamError, parse_params
@@ -81,26 +82,21 @@ def jobs_watch(job_id: str, interval: IntervalOpt = 1.0, as_json: JsonOpt = Fals
 
 @jobs.command("list")
 def jobs_list(as_json: JsonOpt = False) -> None:
-    rows = get_api().list_all("/jobs")
-    show(rows if as_json else [_job_row(j) for j in rows], as_json, JOB_COLUMNS)
+    show_list("/jobs", as_json, JOB_COLUMNS, _job_row)
 
 
 @jobs.command("show")
 def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
-    show(get_api().json("GET", f"/jobs/{job_id}"), as_json, title="job")
+    show_item("GET", f"/jobs/{job_id}", as_json, "job")
 
 
 @jobs.command("cancel")
 def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
     """Ask a job to stop; a running job stops at its next step."""
-    show(get_api().json("POST", f"/jobs/{job_id}/cancel"), as_json, title="job")
+    show_item("POST", f"/jobs/{job_id}/cancel", as_json, "job")
 
 
 @jobs.command("delete")
 def jobs_delete(job_id: str, as_json: JsonOpt = False) -> None:
     """Delete a finished job with its metrics (the model it produced stays)."""
-    get_api().json("DELETE", f"/jobs/{job_id}")
-    if as_json:
-        print_json({"deleted": job_id})
-    else:
-        console.print(f"deleted job {job_id}", highlight=False)
+    delete_item(f"/jobs/{job_id}", "job", job_id, as_json)

@@ -10,6 +10,7 @@ import typer
 
 from app.client.api import ApiError
 from app.client.context import JsonOpt, as_archive, get_api
+from app.client.endpoints import delete_item, show_item, show_list
 from app.client.output import console, print_json, show
 from app.client.transfer import download, upload
 
@@ -41,34 +42,29 @@ def datasets_upload(
 
 @datasets.command("list")
 def datasets_list(as_json: JsonOpt = False) -> None:
-    rows = get_api().list_all("/datasets")
     columns = ["id", "name", "format", "docs", "queries", "splits", "created_at"]
-    show(rows if as_json else [_dataset_row(r) for r in rows], as_json, columns)
+    show_list("/datasets", as_json, columns, _dataset_row)
 
 
 @datasets.command("show")
 def datasets_show(dataset_id: str, as_json: JsonOpt = False) -> None:
-    show(get_api().json("GET", f"/datasets/{dataset_id}"), as_json, title="dataset")
+    show_item("GET", f"/datasets/{dataset_id}", as_json, "dataset")
 
 
 @datasets.command("delete")
 def datasets_delete(dataset_id: str, as_json: JsonOpt = False) -> None:
-    get_api().json("DELETE", f"/datasets/{dataset_id}")
-    if as_json:
-        print_json({"deleted": dataset_id})
-    else:
-        console.print(f"deleted dataset {dataset_id}", highlight=False)
+    delete_item(f"/datasets/{dataset_id}", "dataset", dataset_id, as_json)
 
 
 @models.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
     columns = ["id", "name", "kind", "source", "better_than_base", "created_at"]
-    show(get_api().list_all("/models"), as_json, columns)
+    show_list("/models", as_json, columns)
 
 
 @models.command("show")
 def models_show(model_id: str, as_json: JsonOpt = False) -> None:
-    show(get_api().json("GET", f"/models/{model_id}"), as_json, title="model")
+    show_item("GET", f"/models/{model_id}", as_json, "model")
 
 
 @models.command("download")
@@ -125,12 +121,12 @@ def indexes_create(
 @indexes.command("list")
 def indexes_list(as_json: JsonOpt = False) -> None:
     columns = ["id", "status", "model_id", "index_type", "num_docs", "created_at"]
-    show(get_api().list_all("/indexes"), as_json, columns)
+    show_list("/indexes", as_json, columns)
 
 
 @indexes.command("show")
 def indexes_show(index_id: str, as_json: JsonOpt = False) -> None:
-    show(get_api().json("GET", f"/indexes/{index_id}"), as_json, title="index")
+    show_item("GET", f"/indexes/{index_id}", as_json, "index")
 
 
 @keys.command("create")
@@ -140,25 +136,25 @@ def keys_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key; the key itself is shown once."""
-    show(get_api().json("POST", "/keys", json={"name": name, "scope": scope}), as_json, title="key (shown once)")
+    show_item("POST", "/keys", as_json, "key (shown once)", json={"name": name, "scope": scope})
 
 
 @keys.command("list")
 def keys_list(as_json: JsonOpt = False) -> None:
-    show(get_api().list_all("/keys"), as_json, ["id", "name", "prefix", "scope", "created_at", "revoked_at"])
+    show_list("/keys", as_json, ["id", "name", "prefix", "scope", "created_at", "revoked_at"])
 
 
 @keys.command("revoke")
 def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
-    show(get_api().json("DELETE", f"/keys/{key_id}"), as_json, title="revoked key")
+    show_item("DELETE", f"/keys/{key_id}", as_json, "revoked key")
 
 
 @aliases.command("set")
 def aliases_set(name: str, index_id: str, as_json: JsonOpt = False) -> None:
     """Point alias NAME at index INDEX_ID (an atomic switch for searches using the alias)."""
-    show(get_api().json("PUT", f"/aliases/{name}", json={"index_id": index_id}), as_json, title="alias")
+    show_item("PUT", f"/aliases/{name}", as_json, "alias", json={"index_id": index_id})
 
 
 @aliases.command("list")
 def aliases_list(as_json: JsonOpt = False) -> None:
-    show(get_api().list_all("/aliases"), as_json, ["name", "index_id", "updated_at"])
+    show_list("/aliases", as_json, ["name", "index_id", "updated_at"])
