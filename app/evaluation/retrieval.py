@@ -7,7 +7,7 @@ BEIR/MTEB, so the base model's step-0 figure matches the published one.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -107,10 +107,9 @@ class RerankEvaluation:
     positive_share: float  # share of candidates with a positive logit
     fused_metrics: dict[str, float] | None = None  # with first_stage_weight > 0: the fused order's metrics
     fused_run: dict[str, dict[str, float]] | None = None
-
-    def served(self, qrels: Qrels) -> dict[str, dict[str, float]]:
-        """Per-query metrics of the order search serves (fused when fusing), for paired comparisons."""
-        return per_query_metrics(qrels, self.fused_run if self.fused_run is not None else self.run)
+    # Per-query metrics of the order search serves without a calibration (fused when fusing), for paired
+    # comparisons: the same scoring as the means above, kept rather than done again.
+    served_per_query: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def evaluate_reranker(
@@ -156,13 +155,16 @@ def evaluate_reranker(
     finally:
         model.train(was_training)
     fused = fuse_runs(candidates, run, rerank_k, first_stage_weight) if first_stage_weight > 0 else None
+    own = per_query_metrics(qrels, run)
+    fused_per_query = per_query_metrics(qrels, fused) if fused is not None else None
     return RerankEvaluation(
-        metrics=evaluate_run(qrels, run),
+        metrics=mean_metrics(own),
         run=run,
         score_std=float(np.mean(stds)) if stds else 0.0,
         positive_share=positives / total if total else 0.0,
-        fused_metrics=evaluate_run(qrels, fused) if fused is not None else None,
+        fused_metrics=mean_metrics(fused_per_query) if fused_per_query is not None else None,
         fused_run=fused,
+        served_per_query=fused_per_query if fused_per_query is not None else own,
     )
 
 

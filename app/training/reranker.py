@@ -283,7 +283,7 @@ def _test_chosen(model: CrossEncoder, run: _Run) -> Verdict:
         run.observer.on_metric(step, 0.0, name, value, test_split)
     for name, value in (result.fused_metrics or {}).items():
         run.observer.on_metric(step, 0.0, name, value, data.split(TEST_ROLE, "/fused"))
-    served = result.served(data.eval_qrels)
+    served = result.served_per_query  # each order is scored once: the calibrated one only when calibrated
     if calibration is not None:
         ordered = calibrated_order(run.runs[TEST_ROLE], result.run, params.recall_k, calibration, run.candidate_id)
         served = per_query_metrics(data.eval_qrels, ordered)
