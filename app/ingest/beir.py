@@ -7,6 +7,7 @@ means the user zipped the wrong version, and dropping pairs would quietly distor
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +73,24 @@ def _parse_str(
     return value
 
 
-def _check_duplicate(seen: dict[str, int], ident: str, file_label: str, lineno: int) -> None:
-    first = seen.get(ident)
-    if first is not None:
-        raise DatasetFormatError(
-            file_label, f"duplicate id '{ident}' (first seen on line {first})", line=lineno, field="_id"
-        )
-    seen[ident] = lineno
-
-
-def _parse_corpus(path: Path, file_label: str, limits: ParseLimits) -> dict[str, Document]:
-    corpus: dict[str, Document] = {}
+def _records(path: Path, file_label: str, limits: ParseLimits) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Each line's JSON object with its line number and its ``_id``, which must be unique in the file."""
     seen: dict[str, int] = {}
     for lineno, text in iter_lines(path, file_label, limits):
         obj = parse_json_object(text, file_label, lineno)
         ident = _parse_id(obj, file_label, lineno)
-        _check_duplicate(seen, ident, file_label, lineno)
+        first = seen.get(ident)
+        if first is not None:
+            raise DatasetFormatError(
+                file_label, f"duplicate id '{ident}' (first seen on line {first})", line=lineno, field="_id"
+            )
+        seen[ident] = lineno
+        yield lineno, ident, obj
+
+
+def _parse_corpus(path: Path, file_label: str, limits: ParseLimits) -> dict[str, Document]:
+    corpus: dict[str, Document] = {}
+    for lineno, ident, obj in _records(path, file_label, limits):
         title = _parse_str(obj, "title", file_label, lineno, limits, required=False, non_empty=False)
         body = _parse_str(obj, "text", file_label, lineno, limits, required=True, non_empty=False)
         corpus[ident] = Document(id=ident, title=title, text=body)
@@ -98,11 +101,7 @@ def _parse_corpus(path: Path, file_label: str, limits: ParseLimits) -> dict[str,
 
 def _parse_queries(path: Path, file_label: str, limits: ParseLimits) -> dict[str, str]:
     queries: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    for lineno, text in iter_lines(path, file_label, limits):
-        obj = parse_json_object(text, file_label, lineno)
-        ident = _parse_id(obj, file_label, lineno)
-        _check_duplicate(seen, ident, file_label, lineno)
+    for lineno, ident, obj in _records(path, file_label, limits):
         queries[ident] = _parse_str(obj, "text", file_label, lineno, limits, required=True, non_empty=True)
     if not queries:
         raise DatasetFormatError(file_label, "file contains no queries")
