@@ -50,6 +50,11 @@ def trainer_arguments(params: TrainingParams, output_dir: Path, device: str, n_r
     }
 
 
+def checkpoint_arguments(params: TrainingParams) -> dict[str, Any]:
+    """The checkpointing both trainers share: the last one only, every ``checkpoint_steps`` (what a resume reads)."""
+    return {"save_strategy": "steps", "save_steps": params.checkpoint_steps, "save_total_limit": 1}
+
+
 def set_attention_dropout(model: Any, probability: float | None) -> int:
     """Set the dropout on attention probabilities of every self-attention module; None keeps the model's own.
 

@@ -38,7 +38,7 @@ from app.training.checkpoints import (
     save_rows,
     trainer_dir,
 )
-from app.training.common import TrainingOutcome, set_attention_dropout, trainer_arguments
+from app.training.common import TrainingOutcome, checkpoint_arguments, set_attention_dropout, trainer_arguments
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
 from app.training.params import EmbedderParams
@@ -192,10 +192,7 @@ def train_embedder(
     train_dataset = Dataset.from_dict(rows)
     stop_if_asked(observer, "preparing the training")
     args = SentenceTransformerTrainingArguments(
-        **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)),
-        save_strategy="steps",
-        save_steps=params.checkpoint_steps,
-        save_total_limit=1,
+        **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)) | checkpoint_arguments(params),
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         # Queries are tokenised as task "query" (query_max_len, a Router model's query branch), the rest as documents.
         router_mapping={column: "query" if column == "anchor" else "document" for column in rows if column != "label"},

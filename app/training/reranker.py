@@ -38,7 +38,7 @@ from app.training.checkpoints import (
     save_rows,
     trainer_dir,
 )
-from app.training.common import TrainingOutcome, trainer_arguments
+from app.training.common import TrainingOutcome, checkpoint_arguments, trainer_arguments
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_scored_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
 from app.training.params import RerankerParams
@@ -158,10 +158,9 @@ def train_reranker(
     train_dataset = Dataset.from_dict(rows)
     stop_if_asked(observer, "preparing the training")
     args = CrossEncoderTrainingArguments(
-        **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)) | _batching(params, rows),
-        save_strategy="steps",
-        save_steps=params.checkpoint_steps,
-        save_total_limit=1,
+        **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset))
+        | checkpoint_arguments(params)
+        | _batching(params, rows),
         learning_rate_mapping={HEAD_PATTERN: head_learning_rate(params, new_head)},
     )
     callback = ObserverCallback(observer, evaluate, params.eval_steps)
