@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import signal
 import socket
@@ -14,8 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -26,6 +29,15 @@ PG_ADMIN_URL = os.environ.get("RETUNE_TEST_PG_ADMIN_URL", "postgresql://postgres
 ADMIN_KEY = "rt_test_admin_" + uuid.uuid4().hex
 UPLOAD_LIMIT = 4_000_000  # small, so the over-limit upload test sends little
 REDIS_URL = os.environ.get("RETUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TRAINING_LINE = json.dumps({"query": "what is x", "pos": ["x is a letter"], "neg": ["y is another"]})
+SMALL_EVAL = {"split": "test", "max_queries": 5, "max_corpus_docs": 60}
+# A BEIR folder of three documents, one judged test query and one judged training query.
+BEIR_TINY = {
+    "corpus.jsonl": '{"_id": "d1", "text": "alpha"}\n{"_id": "d2", "text": "beta"}\n{"_id": "d3", "text": "gamma"}\n',
+    "queries.jsonl": '{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "second"}\n',
+    "qrels/test.tsv": "query-id\tcorpus-id\tscore\nq1\td1\t1\n",
+    "qrels/train.tsv": "query-id\tcorpus-id\tscore\nq2\td2\t1\n",
+}
 
 
 def job_finished(job: dict) -> bool:
@@ -55,11 +67,44 @@ class Service:
         pytest.fail(f"timed out waiting on {path}: {body}\n--- service log ---\n{self.log_tail()}")
 
 
-def run_job(service: Service, body: dict, timeout: float = 600) -> dict:
-    """POST a job, wait for it to end, and fail (with the service log) unless it succeeded."""
+def zip_bytes(files: Mapping[str, str | bytes]) -> bytes:
+    """A zip archive of ``files`` (name -> content), built in memory."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, content in files.items():
+            zf.writestr(name, content)
+    return buf.getvalue()
+
+
+def upload_dataset(service: Service, content: bytes, filename: str, name: str | None = None) -> dict:
+    """POST a dataset file; fail (with the answer) unless it was stored."""
+    response = service.client.post(
+        "/datasets", files={"file": (filename, content)}, data={"name": name} if name else {}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def upload_beir(service: Service, name: str, files: Mapping[str, str] = BEIR_TINY) -> dict:
+    """Upload a small BEIR folder (``files``) as ``name``.zip named ``name``."""
+    return upload_dataset(service, zip_bytes(files), f"{name}.zip", name)
+
+
+def post_job(service: Service, body: dict) -> dict:
+    """POST a job; fail (with the answer) unless it was queued."""
     created = service.client.post("/jobs", json=body)
     assert created.status_code == 202, created.text
-    job = service.wait_for(f"/jobs/{created.json()['id']}", job_finished, timeout=timeout)
+    return created.json()
+
+
+def post_embedder_job(service: Service, dataset_id: str, params: dict, eval_spec: dict = SMALL_EVAL) -> dict:
+    """POST an embedder job evaluated on a few test queries (for tests about processes, not figures)."""
+    return post_job(service, {"kind": "embedder", "dataset_id": dataset_id, "eval": eval_spec, "params": params})
+
+
+def run_job(service: Service, body: dict, timeout: float = 600) -> dict:
+    """POST a job, wait for it to end, and fail (with the service log) unless it succeeded."""
+    job = service.wait_for(f"/jobs/{post_job(service, body)['id']}", job_finished, timeout=timeout)
     assert job["status"] == "succeeded", (job, service.log_tail())
     return job
 
@@ -173,3 +218,54 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         stop_service(proc)
         if db_name:
             drop_pg_database(db_name)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started in its own group (a worker) with its children, if still there."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@dataclass
+class Processes:
+    """Services and workers a test starts itself (to kill, restart or split them): all stopped at teardown."""
+
+    services: list[subprocess.Popen] = field(default_factory=list)
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def service(
+        self, backend: str, tmp: Path, extra_env: dict[str, str] | None = None, api_only: bool = False
+    ) -> tuple[subprocess.Popen, Service]:
+        proc, service = start_service(backend, tmp, extra_env, api_only)
+        self.services.append(proc)
+        return proc, service
+
+    def worker(self, tmp: Path, env: dict[str, str]) -> subprocess.Popen:
+        proc = start_worker(tmp, env)
+        self.workers.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.services:
+            stop_service(proc)
+        for proc in self.workers:
+            kill_group(proc)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    started = Processes()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def pg_env() -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database and a private Redis queue for one test; the database is dropped after it."""
+    db_name, env = postgres_redis_env()
+    try:
+        yield env
+    finally:
+        drop_pg_database(db_name)

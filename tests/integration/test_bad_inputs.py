@@ -2,52 +2,33 @@
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 
 import pytest
 
-from tests.integration.conftest import UPLOAD_LIMIT, Service
-
-GOOD_LINE = json.dumps({"query": "what is x", "pos": ["x is a letter"], "neg": ["y is another"]})
-
-
-def _zip(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, text in files.items():
-            zf.writestr(name, text)
-    return buf.getvalue()
-
-
-BEIR_OK = {
-    "corpus.jsonl": '{"_id": "d1", "text": "alpha"}\n{"_id": "d2", "text": "beta"}\n',
-    "queries.jsonl": '{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "second"}\n',
-    "qrels/test.tsv": "query-id\tcorpus-id\tscore\nq1\td1\t1\n",
-    "qrels/train.tsv": "query-id\tcorpus-id\tscore\nq2\td2\t1\n",
-}
+from tests.integration.conftest import BEIR_TINY, TRAINING_LINE, UPLOAD_LIMIT, Service, upload_beir, zip_bytes
 
 # (file name, content, expected status, substrings the message must contain)
 BAD_UPLOADS = [
     ("notes.txt", b"hello", 422, ["notes.txt", "unsupported"]),
-    ("train.jsonl", f"{GOOD_LINE}\n{{not json\n".encode(), 422, ["train.jsonl", "line 2"]),
+    ("train.jsonl", f"{TRAINING_LINE}\n{{not json\n".encode(), 422, ["train.jsonl", "line 2"]),
     ("train.jsonl", b'{"pos": ["a"], "neg": []}\n', 422, ["line 1", "query"]),
     ("train.jsonl", b'{"query": "q", "pos": "a", "neg": []}\n', 422, ["line 1", "pos"]),
     ("train.jsonl", b'{"query": "q", "pos": [], "neg": []}\n', 422, ["line 1", "pos"]),
     ("train.jsonl", b'{"query": "q", "pos": ["a"], "neg": [], "pos_scores": [1, 2]}\n', 422, ["pos_scores"]),
     ("train.jsonl", b"", 422, ["train.jsonl"]),
     ("train.jsonl", b'{"query": 5, "pos": ["a"], "neg": []}\n', 422, ["query"]),
-    ("beir.zip", _zip({**BEIR_OK, "qrels/test.tsv": "query-id\tcorpus-id\tscore\nq1\tnope\t1\n"}), 422,
+    ("beir.zip", zip_bytes({**BEIR_TINY, "qrels/test.tsv": "query-id\tcorpus-id\tscore\nq1\tnope\t1\n"}), 422,
      ["qrels/test.tsv", "line 2", "corpus-id"]),
-    ("beir.zip", _zip({**BEIR_OK, "qrels/test.tsv": "query-id\tcorpus-id\tscore\nq1\td1\thigh\n"}), 422,
+    ("beir.zip", zip_bytes({**BEIR_TINY, "qrels/test.tsv": "query-id\tcorpus-id\tscore\nq1\td1\thigh\n"}), 422,
      ["qrels/test.tsv", "score"]),
-    ("beir.zip", _zip({k: v for k, v in BEIR_OK.items() if k != "corpus.jsonl"}), 422, ["corpus.jsonl"]),
-    ("beir.zip", _zip({**BEIR_OK, "corpus.jsonl": '{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n'}), 422,
-     ["corpus.jsonl", "line 2", "_id"]),
-    ("evil.zip", _zip({**BEIR_OK, "../escape.txt": "x"}), 422, ["evil.zip", "escape"]),
+    ("beir.zip", zip_bytes({k: v for k, v in BEIR_TINY.items() if k != "corpus.jsonl"}), 422, ["corpus.jsonl"]),
+    ("beir.zip", zip_bytes({**BEIR_TINY, "corpus.jsonl": '{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n'}),
+     422, ["corpus.jsonl", "line 2", "_id"]),
+    ("evil.zip", zip_bytes({**BEIR_TINY, "../escape.txt": "x"}), 422, ["evil.zip", "escape"]),
     ("broken.zip", b"PK\x03\x04 definitely not a zip", 422, ["broken.zip"]),
-    ("big.jsonl", (GOOD_LINE + "\n").encode() * (UPLOAD_LIMIT // len(GOOD_LINE) + 10), 413, ["big.jsonl", "limit"]),
+    ("big.jsonl", (TRAINING_LINE + "\n").encode() * (UPLOAD_LIMIT // len(TRAINING_LINE) + 10), 413,
+     ["big.jsonl", "limit"]),
 ]  # fmt: skip
 
 
@@ -73,9 +54,7 @@ def test_bad_uploads_are_refused_and_leave_nothing(service: Service) -> None:
 @pytest.mark.integration
 def test_bad_requests_get_clear_4xx(service: Service) -> None:
     client = service.client
-    ok = client.post("/datasets", files={"file": ("tiny.zip", _zip(BEIR_OK))}, data={"name": "tiny"})
-    assert ok.status_code == 201, ok.text
-    dataset_id = ok.json()["id"]
+    dataset_id = upload_beir(service, "tiny")["id"]
 
     jobs_before = client.get("/jobs").json()
     cases = [

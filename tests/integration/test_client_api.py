@@ -3,39 +3,16 @@
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 
 import httpx
 import pytest
 
 from tests.conftest import scifact_slice_zip
-from tests.integration.conftest import Service, job_finished
+from tests.integration.conftest import TRAINING_LINE, Service, job_finished, upload_beir
 
 TINY_JOB = {"max_steps": 3, "batch_size": 4, "passage_max_len": 64, "logging_steps": 1, "max_train_queries": 8}
 TINY_EVAL = {"split": "test", "max_queries": 4, "max_corpus_docs": 30}
-BEIR_TINY = {
-    "corpus.jsonl": '{"_id": "d1", "text": "alpha"}\n{"_id": "d2", "text": "beta"}\n{"_id": "d3", "text": "gamma"}\n',
-    "queries.jsonl": '{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "second"}\n',
-    "qrels/test.tsv": "query-id\tcorpus-id\tscore\nq1\td1\t1\n",
-    "qrels/train.tsv": "query-id\tcorpus-id\tscore\nq2\td2\t1\n",
-}
-TRAINING_LINE = json.dumps({"query": "what is x", "pos": ["x is a letter"], "neg": ["y is another"]})
-
-
-def _zip(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, text in files.items():
-            zf.writestr(name, text)
-    return buf.getvalue()
-
-
-def _upload(service: Service, name: str, files: dict[str, str] = BEIR_TINY) -> dict:
-    response = service.client.post("/datasets", files={"file": (f"{name}.zip", _zip(files))}, data={"name": name})
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def _sse(service: Service, job_id: str, last_event_id: int | None = None, stop_after: int | None = None) -> list[dict]:
@@ -122,7 +99,7 @@ def test_events_sse_resume_metrics_filters_and_job_delete(service: Service) -> N
 @pytest.mark.integration
 def test_lists_paginate_with_headers_and_filter(service: Service) -> None:
     client = service.client
-    made = [_upload(service, f"page-{i}")["id"] for i in range(3)]
+    made = [upload_beir(service, f"page-{i}")["id"] for i in range(3)]
     seen: list[str] = []
     url: str | None = "/datasets?limit=2"
     pages = 0
@@ -169,7 +146,7 @@ def test_index_delete_alias_conflict_and_training_file_refused(service: Service)
     refused = client.post("/indexes", json={"dataset_id": training["id"], "model_id": "all-MiniLM-L6-v2"})
     assert refused.status_code == 422 and "corpus.jsonl" in refused.json()["detail"], refused.text
 
-    dataset = _upload(service, "to-index")
+    dataset = upload_beir(service, "to-index")
     index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": "all-MiniLM-L6-v2"}).json()
     index = service.wait_for(f"/indexes/{index['id']}", lambda i: i["status"] != "building", timeout=300)
     assert index["status"] == "ready", index
@@ -217,7 +194,7 @@ def test_validation_errors_have_one_shape(service: Service) -> None:
 @pytest.mark.integration
 def test_failed_job_is_a_failed_task_and_its_log_lines_name_it(service: Service) -> None:
     """One judged training query cannot be split into training and held-out queries: the job fails."""
-    dataset = _upload(service, "fails")
+    dataset = upload_beir(service, "fails")
     created = service.client.post("/jobs", json={"kind": "embedder", "dataset_id": dataset["id"]})
     assert created.status_code == 202, created.text
     job = service.wait_for(f"/jobs/{created.json()['id']}", job_finished, timeout=300)

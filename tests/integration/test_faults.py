@@ -2,59 +2,43 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import missing
 from tests.integration.conftest import (
+    Processes,
     Service,
-    drop_pg_database,
     job_finished,
-    postgres_redis_env,
-    start_service,
-    start_worker,
+    post_embedder_job,
     stop_service,
+    upload_dataset,
 )
 from tests.integration.tcp_proxy import TcpProxy
 
 TINY = {"epochs": 1, "batch_size": 8, "passage_max_len": 96, "logging_steps": 1}
-SMALL_EVAL = {"split": "test", "max_queries": 5, "max_corpus_docs": 60}  # these tests are about processes
-
-
-@pytest.fixture
-def pg_env() -> Iterator[dict[str, str]]:
-    db_name, env = postgres_redis_env()
-    try:
-        yield env
-    finally:
-        drop_pg_database(db_name)
 
 
 def _job(service: Service, dataset_id: str, **params: object) -> dict:
-    response = service.client.post(
-        "/jobs",
-        json={"kind": "embedder", "dataset_id": dataset_id, "eval": SMALL_EVAL, "params": TINY | params},
-    )
-    assert response.status_code == 202, response.text
-    return response.json()
+    return post_embedder_job(service, dataset_id, TINY | params)
 
 
 @pytest.mark.integration
-def test_database_briefly_unreachable_gives_503_then_recovers(tmp_path: Path, pg_env: dict[str, str]) -> None:
+def test_database_briefly_unreachable_gives_503_then_recovers(
+    tmp_path: Path, pg_env: dict[str, str], processes: Processes
+) -> None:
     proxy = TcpProxy("127.0.0.1", 5432)
     proxy.start()
     url = pg_env["RETUNE_DATABASE_URL"].replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    proc, service = start_service("postgres", tmp_path, pg_env | {"RETUNE_DATABASE_URL": url})
     try:
+        _, service = processes.service("postgres", tmp_path, pg_env | {"RETUNE_DATABASE_URL": url})
         assert service.client.get("/models").status_code == 200
         proxy.stop()
         down = service.client.get("/models")
@@ -69,89 +53,85 @@ def test_database_briefly_unreachable_gives_503_then_recovers(tmp_path: Path, pg
         assert service.client.get("/health").json()["database"] == "ok"
     finally:
         proxy.stop()
-        stop_service(proc)
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_api_restart_while_job_runs(tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes) -> None:
-    worker = start_worker(tmp_path, pg_env | {"RETUNE_DATA_DIR": str(tmp_path / "data")})
-    proc, service = start_service("postgres", tmp_path, pg_env, api_only=True)
-    try:
-        dataset = service.client.post("/datasets", files={"file": ("s.zip", scifact_zip)}).json()
-        job = _job(service, dataset["id"])
-        service.wait_for(f"/jobs/{job['id']}", lambda j: j["step"] >= 1, timeout=300)
-        stop_service(proc)  # the API goes away mid-job ...
-        time.sleep(2)
-        proc, service = start_service(
-            "postgres", tmp_path, pg_env | {"RETUNE_PORT": service.url.rsplit(":", 1)[1]}, api_only=True
-        )  # ... and comes back
-        final = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=300)
-        assert final["status"] == "succeeded", final
-        assert final["attempts"] == 1, "the job was never interrupted"
-        points = service.client.get(f"/jobs/{job['id']}/metrics").json()["points"]
-        assert [p["step"] for p in points if p["name"] == "loss"] == list(range(1, final["total_steps"] + 1))
-        assert [p["step"] for p in points if p["name"] == "ndcg@10" and p["split"] == "validation"] == [
-            0,
-            final["total_steps"],
-        ]
-    finally:
-        stop_service(proc)
-        os.killpg(worker.pid, signal.SIGKILL)
+def test_api_restart_while_job_runs(
+    tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes, processes: Processes
+) -> None:
+    processes.worker(tmp_path, pg_env | {"RETUNE_DATA_DIR": str(tmp_path / "data")})
+    proc, service = processes.service("postgres", tmp_path, pg_env, api_only=True)
+    dataset = upload_dataset(service, scifact_zip, "s.zip")
+    job = _job(service, dataset["id"])
+    service.wait_for(f"/jobs/{job['id']}", lambda j: j["step"] >= 1, timeout=300)
+    stop_service(proc)  # the API goes away mid-job ...
+    time.sleep(2)
+    _, service = processes.service(
+        "postgres", tmp_path, pg_env | {"RETUNE_PORT": service.url.rsplit(":", 1)[1]}, api_only=True
+    )  # ... and comes back
+    final = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=300)
+    assert final["status"] == "succeeded", final
+    assert final["attempts"] == 1, "the job was never interrupted"
+    points = service.client.get(f"/jobs/{job['id']}/metrics").json()["points"]
+    assert [p["step"] for p in points if p["name"] == "loss"] == list(range(1, final["total_steps"] + 1))
+    assert [p["step"] for p in points if p["name"] == "ndcg@10" and p["split"] == "validation"] == [
+        0,
+        final["total_steps"],
+    ]
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_two_jobs_and_searching_without_cross_talk(tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes) -> None:
-    proc, service = start_service("postgres", tmp_path, pg_env | {"RETUNE_WORKER_CONCURRENCY": "2"})
+def test_two_jobs_and_searching_without_cross_talk(
+    tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes, processes: Processes
+) -> None:
+    _, service = processes.service("postgres", tmp_path, pg_env | {"RETUNE_WORKER_CONCURRENCY": "2"})
     client = service.client
+    dataset = upload_dataset(service, scifact_zip, "s.zip")
+    index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": "all-MiniLM-L6-v2"}).json()
+    service.wait_for(f"/indexes/{index['id']}", lambda i: i["status"] == "ready", timeout=300)
+
+    searches: list[int] = []
+    stop = threading.Event()
+
+    def keep_searching() -> None:
+        while not stop.is_set():
+            body = {"index_id": index["id"], "query": "vitamin D", "top_k": 3}
+            searches.append(client.post("/search", json=body).status_code)
+            time.sleep(0.3)
+
+    searcher = threading.Thread(target=keep_searching)
+    searcher.start()
     try:
-        dataset = client.post("/datasets", files={"file": ("s.zip", scifact_zip)}).json()
-        index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": "all-MiniLM-L6-v2"}).json()
-        service.wait_for(f"/indexes/{index['id']}", lambda i: i["status"] == "ready", timeout=300)
+        long_job = _job(service, dataset["id"], max_steps=400, learning_rate=1e-5)
+        short_job = _job(service, dataset["id"], seed=7)
+        waiting_job = _job(service, dataset["id"], max_steps=2)
+        for job in (long_job, short_job):
+            service.wait_for(f"/jobs/{job['id']}", lambda j: j["status"] == "running", timeout=300)
+        assert client.get(f"/jobs/{waiting_job['id']}").json()["status"] == "queued"  # both slots are taken
 
-        searches: list[int] = []
-        stop = threading.Event()
-
-        def keep_searching() -> None:
-            while not stop.is_set():
-                body = {"index_id": index["id"], "query": "vitamin D", "top_k": 3}
-                searches.append(client.post("/search", json=body).status_code)
-                time.sleep(0.3)
-
-        searcher = threading.Thread(target=keep_searching)
-        searcher.start()
-        try:
-            long_job = _job(service, dataset["id"], max_steps=400, learning_rate=1e-5)
-            short_job = _job(service, dataset["id"], seed=7)
-            waiting_job = _job(service, dataset["id"], max_steps=2)
-            for job in (long_job, short_job):
-                service.wait_for(f"/jobs/{job['id']}", lambda j: j["status"] == "running", timeout=300)
-            assert client.get(f"/jobs/{waiting_job['id']}").json()["status"] == "queued"  # both slots are taken
-
-            client.post(f"/jobs/{long_job['id']}/cancel")  # frees its slot for the waiting job
-            long_final = service.wait_for(f"/jobs/{long_job['id']}", job_finished, timeout=120)
-            assert long_final["status"] == "cancelled" and long_final["model_id"] is None
-            waiting = service.wait_for(f"/jobs/{waiting_job['id']}", job_finished, timeout=300)
-            assert waiting["status"] == "succeeded", waiting
-            service.wait_for(f"/jobs/{short_job['id']}", job_finished, timeout=300)
-        finally:
-            stop.set()
-            searcher.join(timeout=60)
-        assert searches and set(searches) == {200}, searches
-
-        short_final = client.get(f"/jobs/{short_job['id']}").json()
-        assert short_final["status"] == "succeeded", (short_final, service.log_tail())
-        for job in (short_final, waiting):
-            points = client.get(f"/jobs/{job['id']}/metrics").json()["points"]
-            losses = [p["step"] for p in points if p["name"] == "loss"]
-            assert losses == list(range(1, job["total_steps"] + 1)), (job["id"], losses)
-        assert short_final["model_id"] != waiting["model_id"]
-        models = {m["id"]: m for m in client.get("/models").json()}
-        assert models[short_final["model_id"]]["job_id"] == short_job["id"]
-        assert models[waiting["model_id"]]["job_id"] == waiting_job["id"]
+        client.post(f"/jobs/{long_job['id']}/cancel")  # frees its slot for the waiting job
+        long_final = service.wait_for(f"/jobs/{long_job['id']}", job_finished, timeout=120)
+        assert long_final["status"] == "cancelled" and long_final["model_id"] is None
+        waiting = service.wait_for(f"/jobs/{waiting_job['id']}", job_finished, timeout=300)
+        assert waiting["status"] == "succeeded", waiting
+        service.wait_for(f"/jobs/{short_job['id']}", job_finished, timeout=300)
     finally:
-        stop_service(proc)
+        stop.set()
+        searcher.join(timeout=60)
+    assert searches and set(searches) == {200}, searches
+
+    short_final = client.get(f"/jobs/{short_job['id']}").json()
+    assert short_final["status"] == "succeeded", (short_final, service.log_tail())
+    for job in (short_final, waiting):
+        points = client.get(f"/jobs/{job['id']}/metrics").json()["points"]
+        losses = [p["step"] for p in points if p["name"] == "loss"]
+        assert losses == list(range(1, job["total_steps"] + 1)), (job["id"], losses)
+    assert short_final["model_id"] != waiting["model_id"]
+    models = {m["id"]: m for m in client.get("/models").json()}
+    assert models[short_final["model_id"]]["job_id"] == short_job["id"]
+    assert models[waiting["model_id"]]["job_id"] == waiting_job["id"]
 
 
 REDIS_START = (
@@ -183,16 +163,16 @@ def _restart_redis() -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_redis_restart_with_idle_worker_and_with_a_queued_job(
-    tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes
+    tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes, processes: Processes
 ) -> None:
     if not shutil.which("redis-server") or not pg_env["RETUNE_BROKER_URL"].startswith("redis://127.0.0.1:6379"):
         missing("needs the machine's own Redis on 127.0.0.1:6379 to restart")
     env = pg_env | {"RETUNE_DATA_DIR": str(tmp_path / "data"), "RETUNE_REDISPATCH_SECONDS": "3",
                     "RETUNE_RECOVERY_INTERVAL_SECONDS": "2"}  # fmt: skip
-    proc, service = start_service("postgres", tmp_path, env, api_only=True)
-    worker = start_worker(tmp_path, env)
+    _, service = processes.service("postgres", tmp_path, env, api_only=True)
+    worker = processes.worker(tmp_path, env)
     try:
-        dataset = service.client.post("/datasets", files={"file": ("s.zip", scifact_zip)}).json()
+        dataset = upload_dataset(service, scifact_zip, "s.zip")
 
         _restart_redis()  # the worker is idle: it must reconnect by itself
         job = _job(service, dataset["id"], max_steps=2)
@@ -208,13 +188,10 @@ def test_redis_restart_with_idle_worker_and_with_a_queued_job(
         assert queue_length == "0", "the message should really be gone"
         assert service.client.get(f"/jobs/{queued['id']}").json()["status"] == "queued"
 
-        worker = start_worker(tmp_path, env)  # Retune sends it again from SQL
+        processes.worker(tmp_path, env)  # Retune sends it again from SQL
         final = service.wait_for(f"/jobs/{queued['id']}", job_finished, timeout=300)
         assert final["status"] == "succeeded", final
         assert final["attempts"] == 1
     finally:
         if not _redis_up():
             subprocess.run(REDIS_START, shell=True)
-        stop_service(proc)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGKILL)

@@ -17,18 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.conftest import (
-    Service,
-    drop_pg_database,
-    job_finished,
-    postgres_redis_env,
-    start_service,
-    start_worker,
-    stop_service,
-)
+from tests.integration.conftest import Processes, Service, job_finished, post_embedder_job, post_job, upload_dataset
 
 FAST = {"RETUNE_JOB_STALE_SECONDS": "3", "RETUNE_RECOVERY_INTERVAL_SECONDS": "1"}
-EVAL = {"split": "test", "max_queries": 5, "max_corpus_docs": 60}
 CHECKPOINTED = {"batch_size": 8, "passage_max_len": 64, "logging_steps": 1, "checkpoint_steps": 2, "max_steps": 10}
 ENDLESS = {"batch_size": 8, "passage_max_len": 64, "logging_steps": 1, "max_steps": 100_000}
 MINE = {"negative_rank_range": [5, 60], "negatives_per_query": 2, "false_negative_margin": None, "passage_max_len": 64}
@@ -72,118 +63,99 @@ def _live_worker(service: Service, not_named: str | None = None) -> str:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_serve_restarts_a_sigkilled_worker_and_its_job_and_index_build_finish(
-    tmp_path: Path, scifact_zip: bytes
+    tmp_path: Path, scifact_zip: bytes, processes: Processes
 ) -> None:
     queue = f"retune-sup-{uuid.uuid4().hex[:8]}"
-    proc, service = start_service("embedded", tmp_path, FAST | {"RETUNE_QUEUE": queue})
-    try:
-        client = service.client
-        first = _live_worker(service)
-        (beat,) = _children(proc, "beat")
-        dataset = client.post("/datasets", files={"file": ("scifact-slice.zip", scifact_zip)}).json()
-        job = client.post("/jobs", json={"kind": "embedder", "dataset_id": dataset["id"], "eval": EVAL,
-                                         "params": CHECKPOINTED}).json()  # fmt: skip
-        checkpoint = service.data_dir / "work" / job["id"] / "trainer" / "checkpoint-2"
-        service.wait_for(f"/jobs/{job['id']}", lambda j: j["step"] >= 3 and checkpoint.exists(), interval=0.2)
+    proc, service = processes.service("embedded", tmp_path, FAST | {"RETUNE_QUEUE": queue})
+    client = service.client
+    first = _live_worker(service)
+    (beat,) = _children(proc, "beat")
+    dataset = upload_dataset(service, scifact_zip, "scifact-slice.zip")
+    job = post_embedder_job(service, dataset["id"], CHECKPOINTED)
+    checkpoint = service.data_dir / "work" / job["id"] / "trainer" / "checkpoint-2"
+    service.wait_for(f"/jobs/{job['id']}", lambda j: j["step"] >= 3 and checkpoint.exists(), interval=0.2)
 
-        _sigkill_worker_main(proc)
-        second = _live_worker(service, not_named=first)  # a new worker, started by serve itself
-        final = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=300)
-        assert final["status"] == "succeeded", (final, service.log_tail())
-        assert final["attempts"] == 2 and final["resumed_from_step"] is not None
-        assert 2 <= final["resumed_from_step"] < CHECKPOINTED["max_steps"]
-        assert f"resumed from checkpoint at step {final['resumed_from_step']}" in final["message"]
-        assert not final["stalled"]
+    _sigkill_worker_main(proc)
+    second = _live_worker(service, not_named=first)  # a new worker, started by serve itself
+    final = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=300)
+    assert final["status"] == "succeeded", (final, service.log_tail())
+    assert final["attempts"] == 2 and final["resumed_from_step"] is not None
+    assert 2 <= final["resumed_from_step"] < CHECKPOINTED["max_steps"]
+    assert f"resumed from checkpoint at step {final['resumed_from_step']}" in final["message"]
+    assert not final["stalled"]
 
-        # The beat belongs to serve, not to the killed worker: the same one, still the only one.
-        assert [p.pid for p in _children(proc, "beat")] == [beat.pid] and beat.is_running()
-        beats = subprocess.run(["pgrep", "-f", "--", f"celerybeat-{queue}"], capture_output=True, text=True)
-        assert beats.stdout.split() == [str(beat.pid)], beats.stdout
+    # The beat belongs to serve, not to the killed worker: the same one, still the only one.
+    assert [p.pid for p in _children(proc, "beat")] == [beat.pid] and beat.is_running()
+    beats = subprocess.run(["pgrep", "-f", "--", f"celerybeat-{queue}"], capture_output=True, text=True)
+    assert beats.stdout.split() == [str(beat.pid)], beats.stdout
 
-        index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": "all-MiniLM-L6-v2"}).json()
-        _wait_rows(lambda: _index_row(service, index["id"])[0], "the index build to be claimed")
-        _sigkill_worker_main(proc)
-        _live_worker(service, not_named=second)
-        built = service.wait_for(f"/indexes/{index['id']}", lambda i: i["status"] != "building", timeout=300)
-        assert built["status"] == "ready", (built, service.log_tail())
-        assert _index_row(service, index["id"])[1] == 2, "the build was started once more, not left building"
-    finally:
-        stop_service(proc)
+    index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": "all-MiniLM-L6-v2"}).json()
+    _wait_rows(lambda: _index_row(service, index["id"])[0], "the index build to be claimed")
+    _sigkill_worker_main(proc)
+    _live_worker(service, not_named=second)
+    built = service.wait_for(f"/indexes/{index['id']}", lambda i: i["status"] != "building", timeout=300)
+    assert built["status"] == "ready", (built, service.log_tail())
+    assert _index_row(service, index["id"])[1] == 2, "the build was started once more, not left building"
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_dead_worker_degraded_health_stalled_job_and_cancel_ends_it(tmp_path: Path, scifact_zip: bytes) -> None:
+def test_dead_worker_degraded_health_stalled_job_and_cancel_ends_it(
+    tmp_path: Path, scifact_zip: bytes, processes: Processes
+) -> None:
     env = FAST | {"RETUNE_QUEUE": f"retune-dead-{uuid.uuid4().hex[:8]}", "RETUNE_DATA_DIR": str(tmp_path / "data")}
-    proc, service = start_service("embedded", tmp_path, env, api_only=True)
-    worker = None
-    try:
-        client = service.client
-        alone = client.get("/health")
-        assert alone.status_code == 200, alone.text
-        assert alone.json()["status"] == "degraded" and alone.json()["workers"] == []
-        assert set(alone.json()["queues"].values()) == {0}
+    _, service = processes.service("embedded", tmp_path, env, api_only=True)
+    client = service.client
+    alone = client.get("/health")
+    assert alone.status_code == 200, alone.text
+    assert alone.json()["status"] == "degraded" and alone.json()["workers"] == []
+    assert set(alone.json()["queues"].values()) == {0}
 
-        worker = start_worker(tmp_path, env)
-        _live_worker(service)
-        dataset = client.post("/datasets", files={"file": ("scifact-slice.zip", scifact_zip)}).json()
-        job = client.post("/jobs", json={"kind": "embedder", "dataset_id": dataset["id"], "eval": EVAL,
-                                         "params": ENDLESS}).json()  # fmt: skip
-        service.wait_for(f"/jobs/{job['id']}", lambda j: j["status"] == "running" and j["step"] >= 1, timeout=300)
-        assert client.get(f"/jobs/{job['id']}").json()["stalled"] is False
+    worker = processes.worker(tmp_path, env)
+    _live_worker(service)
+    dataset = upload_dataset(service, scifact_zip, "scifact-slice.zip")
+    job = post_embedder_job(service, dataset["id"], ENDLESS)
+    service.wait_for(f"/jobs/{job['id']}", lambda j: j["status"] == "running" and j["step"] >= 1, timeout=300)
+    assert client.get(f"/jobs/{job['id']}").json()["stalled"] is False
 
-        os.killpg(worker.pid, signal.SIGKILL)
-        stalled = service.wait_for(f"/jobs/{job['id']}", lambda j: j["stalled"], timeout=30)
-        assert stalled["status"] == "running"
-        service.wait_for("/health", lambda h: h["status"] == "degraded" and h["workers"] == [], timeout=30)
+    os.killpg(worker.pid, signal.SIGKILL)
+    stalled = service.wait_for(f"/jobs/{job['id']}", lambda j: j["stalled"], timeout=30)
+    assert stalled["status"] == "running"
+    service.wait_for("/health", lambda h: h["status"] == "degraded" and h["workers"] == [], timeout=30)
 
-        cancel = client.post(f"/jobs/{job['id']}/cancel")
-        assert cancel.status_code == 200 and cancel.json()["status"] == "cancelling", cancel.text
-        worker = start_worker(tmp_path, env)
-        ended = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=180)
-        assert ended["status"] == "cancelled", (ended, service.log_tail())
-        assert "cancelled while its worker was down" in ended["message"]
-        assert not ended["stalled"]
-        _live_worker(service)
-    finally:
-        if worker is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGKILL)
-        stop_service(proc)
+    cancel = client.post(f"/jobs/{job['id']}/cancel")
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelling", cancel.text
+    processes.worker(tmp_path, env)
+    ended = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=180)
+    assert ended["status"] == "cancelled", (ended, service.log_tail())
+    assert "cancelled while its worker was down" in ended["message"]
+    assert not ended["stalled"]
+    _live_worker(service)
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_cpu_only_worker_runs_mining_and_index_builds_while_training_waits(tmp_path: Path, scifact_zip: bytes) -> None:
-    db_name, env = postgres_redis_env()
-    env |= FAST | {"RETUNE_DATA_DIR": str(tmp_path / "data")}
-    proc, service = start_service("postgres", tmp_path, env, api_only=True)
-    worker = None
-    try:
-        client = service.client
-        worker = start_worker(tmp_path, env | {"RETUNE_WORKER_QUEUES": "cpu"})
-        cpu_queue, gpu_queue = f"{env['RETUNE_QUEUE']}.cpu", env["RETUNE_QUEUE"]
-        health = service.wait_for("/health", lambda h: h["queues"][cpu_queue] == 1, timeout=180)
-        assert health["status"] == "degraded" and health["queues"][gpu_queue] == 0
-        assert [w["queues"] for w in health["workers"]] == [cpu_queue]
+def test_cpu_only_worker_runs_mining_and_index_builds_while_training_waits(
+    tmp_path: Path, scifact_zip: bytes, pg_env: dict[str, str], processes: Processes
+) -> None:
+    env = pg_env | FAST | {"RETUNE_DATA_DIR": str(tmp_path / "data")}
+    _, service = processes.service("postgres", tmp_path, env, api_only=True)
+    client = service.client
+    processes.worker(tmp_path, env | {"RETUNE_WORKER_QUEUES": "cpu"})
+    cpu_queue, gpu_queue = f"{env['RETUNE_QUEUE']}.cpu", env["RETUNE_QUEUE"]
+    health = service.wait_for("/health", lambda h: h["queues"][cpu_queue] == 1, timeout=180)
+    assert health["status"] == "degraded" and health["queues"][gpu_queue] == 0
+    assert [w["queues"] for w in health["workers"]] == [cpu_queue]
 
-        dataset = client.post("/datasets", files={"file": ("scifact-slice.zip", scifact_zip)}).json()
-        training = client.post("/jobs", json={"kind": "embedder", "dataset_id": dataset["id"], "eval": EVAL,
-                                              "params": CHECKPOINTED}).json()  # fmt: skip
-        mining = client.post("/jobs", json={"kind": "mine_negatives", "dataset_id": dataset["id"], "params": MINE})
-        assert mining.status_code == 202, mining.text
-        index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": "all-MiniLM-L6-v2"}).json()
+    dataset = upload_dataset(service, scifact_zip, "scifact-slice.zip")
+    training = post_embedder_job(service, dataset["id"], CHECKPOINTED)
+    mining = post_job(service, {"kind": "mine_negatives", "dataset_id": dataset["id"], "params": MINE})
+    index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": "all-MiniLM-L6-v2"}).json()
 
-        mined = service.wait_for(f"/jobs/{mining.json()['id']}", job_finished, timeout=300)
-        assert mined["status"] == "succeeded", (mined, service.log_tail())
-        built = service.wait_for(f"/indexes/{index['id']}", lambda i: i["status"] != "building", timeout=300)
-        assert built["status"] == "ready", built
-        waiting = client.get(f"/jobs/{training['id']}").json()
-        assert waiting["status"] == "queued" and waiting["attempts"] == 0, "a training job ran on a cpu-only worker"
-        assert client.post(f"/jobs/{training['id']}/cancel").json()["status"] == "cancelled"
-    finally:
-        if worker is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGKILL)
-        stop_service(proc)
-        drop_pg_database(db_name)
+    mined = service.wait_for(f"/jobs/{mining['id']}", job_finished, timeout=300)
+    assert mined["status"] == "succeeded", (mined, service.log_tail())
+    built = service.wait_for(f"/indexes/{index['id']}", lambda i: i["status"] != "building", timeout=300)
+    assert built["status"] == "ready", built
+    waiting = client.get(f"/jobs/{training['id']}").json()
+    assert waiting["status"] == "queued" and waiting["attempts"] == 0, "a training job ran on a cpu-only worker"
+    assert client.post(f"/jobs/{training['id']}/cancel").json()["status"] == "cancelled"
