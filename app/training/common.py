@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.evaluation.verdict import Verdict
 from app.training.params import TrainingParams
+
+if TYPE_CHECKING:
+    from app.training.callbacks import BestModel
 
 
 @dataclass
@@ -20,6 +23,20 @@ class TrainingOutcome:
     best_step: int | None
     metric: str
     verdict: Verdict | None = None  # base vs chosen model on the test queries, paired
+
+    @classmethod
+    def chosen(cls, model_dir: Path, config: dict[str, Any], best: BestModel, verdict: Verdict) -> TrainingOutcome:
+        """A training job's outcome: the state ``best`` kept, better than the base when its test verdict says so."""
+        return cls(
+            model_dir=model_dir,
+            config=config,
+            better_than_base=verdict.result == "better",
+            base_value=best.base_value,
+            best_value=best.best_value,
+            best_step=best.best_step,
+            metric=best.metric,
+            verdict=verdict,
+        )
 
 
 def precision_flags(device: str) -> dict[str, bool]:

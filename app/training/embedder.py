@@ -208,16 +208,7 @@ def train_embedder(
     if callback.last_evaluated_step != trainer.state.global_step:
         evaluate(trainer.state.global_step, float(trainer.state.epoch or 0.0))
     verdict = _test_chosen(model, config, data, params, best, last, base_test, best_dir, device, observer)
-    return TrainingOutcome(
-        model_dir=best_dir,
-        config=config.to_dict(),
-        better_than_base=verdict.result == "better",
-        base_value=best.base_value,
-        best_value=best.best_value,
-        best_step=best.best_step,
-        metric=params.select_metric,
-        verdict=verdict,
-    )
+    return TrainingOutcome.chosen(best_dir, config.to_dict(), best, verdict)
 
 
 def _record(observer: TrainingObserver, step: int, epoch: float, metrics: dict[str, float], split: str) -> None:

@@ -177,22 +177,14 @@ def train_reranker(
         raise RuntimeError("training finished without an evaluated model to keep")
     chosen = model if best.best_step == trainer.state.global_step else load_reranker(str(best_dir), device)
     verdict = _test_chosen(chosen, run)
-    return TrainingOutcome(
-        model_dir=best_dir,
-        config={
-            "max_length": params.max_length,
-            "candidate_model": params.candidate_model,
-            "loss": params.loss,
-            # auto: the weight chosen (on validation) at the best step: the one search will use with this model
-            "first_stage_weight": run.weight_at(best.best_step),
-        },
-        better_than_base=verdict.result == "better",
-        base_value=best.base_value,
-        best_value=best.best_value,
-        best_step=best.best_step,
-        metric=params.select_metric,
-        verdict=verdict,
-    )
+    config = {
+        "max_length": params.max_length,
+        "candidate_model": params.candidate_model,
+        "loss": params.loss,
+        # auto: the weight chosen (on validation) at the best step: the one search will use with this model
+        "first_stage_weight": run.weight_at(best.best_step),
+    }
+    return TrainingOutcome.chosen(best_dir, config, best, verdict)
 
 
 def _start(
