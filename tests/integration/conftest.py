@@ -56,6 +56,15 @@ class Service:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def wait_for_log(self, needle: str, timeout: float = 30.0) -> str:
+        """The whole log once a line holds ``needle`` (a worker may log just after the API shows the result)."""
+        deadline = time.monotonic() + timeout
+        while needle not in (log := self.log_path.read_text(errors="replace")):
+            if time.monotonic() > deadline:
+                pytest.fail(f"no log line holds {needle!r}\n--- service log ---\n{self.log_tail()}")
+            time.sleep(0.2)
+        return log
+
     def wait_for(self, path: str, done, timeout: float = 300.0, interval: float = 0.5):
         """Poll GET ``path`` until ``done(body)``; fail with the service log on timeout."""
         deadline = time.monotonic() + timeout
