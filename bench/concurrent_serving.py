@@ -25,7 +25,14 @@ import numpy as np
 
 from app.ingest import ParseLimits, parse_beir_dir
 from app.retrieval.batcher import BatchLimits
-from app.retrieval.embedder import EmbedderConfig, batched_queries, embedding_batcher, encode_queries, passage_text
+from app.retrieval.embedder import (
+    EmbedderConfig,
+    PrivateTokenizer,
+    batched_queries,
+    embedding_batcher,
+    encode_queries,
+    passage_text,
+)
 from app.retrieval.reranker import batched_logits, load_reranker, rerank_batcher, rerank_logits
 from bench.common import SHARED_DATA, machine, percentiles_ms, write_results
 
@@ -116,6 +123,7 @@ def main() -> None:
     ce_batcher = rerank_batcher(
         cross_encoder, "reranker", BatchLimits(max_wait_ms=args.max_wait_ms, max_batch_rows=rows)
     )
+    embed_tokens, ce_tokens = PrivateTokenizer(embedder.tokenizer), PrivateTokenizer(cross_encoder.tokenizer)
     candidates = [list(rng.choice(len(passages), args.candidates, replace=False)) for _ in queries]
 
     def query(i: int) -> str:
@@ -129,7 +137,7 @@ def main() -> None:
         args,
         args.requests,
         lambda i: encode_queries(embedder, config, [query(i)]),
-        lambda i: batched_queries(embed_batcher, embedder, config, [query(i)]),
+        lambda i: batched_queries(embed_batcher, embedder, embed_tokens, config, [query(i)]),
         lambda: embed_batcher.forward_passes,
     )
     rerank = compare(
@@ -137,7 +145,7 @@ def main() -> None:
         args,
         args.rerank_requests,
         lambda i: rerank_logits(cross_encoder, query(i), [p for _, p in pairs(i)], rows),
-        lambda i: batched_logits(ce_batcher, cross_encoder, pairs(i)),
+        lambda i: batched_logits(ce_batcher, cross_encoder, ce_tokens, pairs(i)),
         lambda: ce_batcher.forward_passes,
     )
     write_results(

@@ -6,7 +6,10 @@ applied by :func:`format_query` both when training and when searching, so the tw
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +118,25 @@ def padding_kwargs(pad_multiple: int | None) -> dict[str, Any]:
     return {"processing_kwargs": {"text": {"pad_to_multiple_of": pad_multiple}}} if pad_multiple else {}
 
 
+class PrivateTokenizer:
+    """A copy of a model's tokenizer for request threads, used under a lock.
+
+    A fast tokenizer is not thread-safe: every call sets the Rust tokenizer's truncation and padding, so
+    a count (no truncation) running beside a batched pass (truncation, padding) makes that pass fail or
+    tokenize unpadded. The batcher's one thread is the only user of the model's own tokenizer; requests
+    count and cut their texts with this copy, one at a time.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = copy.deepcopy(tokenizer)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def use(self) -> Iterator[Any]:
+        with self._lock:
+            yield self._tokenizer
+
+
 def token_lengths(tokenizer, texts: list[str] | list[tuple[str, str]], cap: int | None) -> list[int]:
     """Tokens per text (or (query, passage) pair) as the model reads them: special tokens in, cut at ``cap``."""
     if not texts:
@@ -148,22 +170,28 @@ def embedding_batcher(model: SentenceTransformer, name: str, limits: BatchLimits
 
 
 def batched_encode(
-    batcher: Batcher, model: SentenceTransformer, texts: list[str], key: EncodeKey, lengths: list[int] | None = None
+    batcher: Batcher,
+    model: SentenceTransformer,
+    tokens: PrivateTokenizer,
+    texts: list[str],
+    key: EncodeKey,
+    lengths: list[int] | None = None,
 ) -> np.ndarray:
     """``texts`` (already formatted) encoded through ``batcher``; ``lengths``: their token counts, if known."""
     if not texts:
         return encode_texts(model, [], key.normalize)
     if lengths is None:
-        lengths = token_lengths(model.tokenizer, texts, _length_cap(model, key))
+        with tokens.use() as tokenizer:
+            lengths = token_lengths(tokenizer, texts, _length_cap(model, key))
     return batcher.run(key, texts, lengths)
 
 
 def batched_queries(
-    batcher: Batcher, model: SentenceTransformer, config: EmbedderConfig, queries: list[str]
+    batcher: Batcher, model: SentenceTransformer, tokens: PrivateTokenizer, config: EmbedderConfig, queries: list[str]
 ) -> np.ndarray:
     """:func:`encode_queries` through a batcher: the same instruction, normalisation and query length."""
     key = EncodeKey("query", config.normalize, config.query_max_seq_length)
-    return batched_encode(batcher, model, [config.format_query(q) for q in queries], key)
+    return batched_encode(batcher, model, tokens, [config.format_query(q) for q in queries], key)
 
 
 def _length_cap(model: SentenceTransformer, key: EncodeKey) -> int | None:

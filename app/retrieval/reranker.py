@@ -16,7 +16,7 @@ import numpy as np
 
 from app.core.errors import UntrainedHeadError
 from app.retrieval.batcher import Batcher, BatchLimits
-from app.retrieval.embedder import padding_kwargs, token_lengths
+from app.retrieval.embedder import PrivateTokenizer, padding_kwargs, token_lengths
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -116,11 +116,15 @@ def rerank_batcher(model: CrossEncoder, name: str, limits: BatchLimits) -> Batch
     return Batcher(name, run, limits)
 
 
-def batched_logits(batcher: Batcher, model: CrossEncoder, pairs: list[tuple[str, str]]) -> np.ndarray:
+def batched_logits(
+    batcher: Batcher, model: CrossEncoder, tokens: PrivateTokenizer, pairs: list[tuple[str, str]]
+) -> np.ndarray:
     """:func:`pair_logits` through ``batcher``: the pairs share passes with other requests' pairs."""
     if not pairs:
         return np.zeros(0, dtype=np.float32)
-    return batcher.run(None, pairs, token_lengths(model.tokenizer, pairs, model.max_seq_length)).reshape(-1)
+    with tokens.use() as tokenizer:
+        lengths = token_lengths(tokenizer, pairs, model.max_seq_length)
+    return batcher.run(None, pairs, lengths).reshape(-1)
 
 
 def sigmoid(x: float) -> float:

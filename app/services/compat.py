@@ -100,11 +100,13 @@ def embed(
     else:
         formatted = [config.format_passage(t) for t in texts]
         key = EncodeKey(DOCUMENT, config.normalize if normalize is None else normalize)
-    counts = token_counts(model.tokenizer, formatted)
+    with served.tokens.use() as tokenizer:
+        counts = token_counts(tokenizer, formatted)
     if max_tokens is not None and (longest := max(counts)) > max_tokens:
         raise InputTooLargeError(f"an input has {longest} tokens; at most {max_tokens} without truncation")
     read_cap = (config.query_max_seq_length if input_type == QUERY else None) or model.max_seq_length
-    vectors = batched_encode(served.batcher, model, formatted, key, [min(c, read_cap or c) for c in counts])
+    lengths = [min(c, read_cap or c) for c in counts]
+    vectors = batched_encode(served.batcher, model, served.tokens, formatted, key, lengths)
     vectors = shorten(vectors, dimensions, key.normalize)
     cap = model.max_seq_length or max(counts)
     return Embeddings(row, vectors, sum(min(c, cap) for c in counts))
@@ -151,8 +153,9 @@ def rerank(
     row = resolve_model(session, model_ref, "reranker")
     served = serving.served_reranker(settings, row)
     if max_tokens_per_doc is not None:
-        documents = [_first_tokens(served.model.tokenizer, d, max_tokens_per_doc) for d in documents]
-    logits = batched_logits(served.batcher, served.model, [(query, d) for d in documents])
+        with served.tokens.use() as tokenizer:
+            documents = [_first_tokens(tokenizer, d, max_tokens_per_doc) for d in documents]
+    logits = batched_logits(served.batcher, served.model, served.tokens, [(query, d) for d in documents])
     scores, score_type = relevance_scores(settings, row, logits)
     order = sorted(range(len(documents)), key=lambda i: -scores[i])
     ranked = [Ranked(i, float(scores[i]), float(logits[i])) for i in order]

@@ -94,7 +94,7 @@ def search(
             first_stage_weight = float(reranker.config.get("first_stage_weight", 0.0))
         rerank_model = serving.served_reranker(settings, reranker, force, int8)
     recalling = time.perf_counter()
-    query_vectors = batched_queries(embedder.batcher, embedder.model, config, queries)
+    query_vectors = batched_queries(embedder.batcher, embedder.model, embedder.tokens, config, queries)
     recalled = vector_index.search(query_vectors, max(recall_k, top_k))
     recall_done = time.perf_counter()
     all_hits = [[Hit(d, None, s, s, None) for d, s in found] for found in recalled]
@@ -133,7 +133,7 @@ def _rerank_all(
         for query, hits in zip(queries, all_hits, strict=True)
         for hit in hits
     ]
-    logits = batched_logits(served.batcher, served.model, pairs)
+    logits = batched_logits(served.batcher, served.model, served.tokens, pairs)
     bounds = np.cumsum([0] + [len(hits) for hits in all_hits])
     return [logits[start:end] if end > start else None for start, end in itertools.pairwise(bounds)]
 

@@ -20,7 +20,7 @@ from app.ingest import Document, read_retrieval_set
 from app.retrieval.batcher import Batcher, BatchLimits
 from app.retrieval.cache import LoadedCache
 from app.retrieval.device import resolve_device
-from app.retrieval.embedder import EmbedderConfig, embedding_batcher, load_embedder
+from app.retrieval.embedder import EmbedderConfig, PrivateTokenizer, embedding_batcher, load_embedder
 from app.retrieval.quantization import maybe_int8
 from app.retrieval.reranker import default_rerank_batch_size, ensure_trained_head, load_reranker, rerank_batcher
 from app.retrieval.vector_index import VectorIndex
@@ -61,10 +61,12 @@ def index(settings: Settings, row: Index) -> tuple[VectorIndex, EmbedderConfig]:
 
 @dataclass(frozen=True)
 class Served:
-    """A loaded model and the batcher through which every request's forward passes go."""
+    """A loaded model, the batcher through which every request's forward passes go, and the tokenizer copy
+    request threads count and cut texts with (the model's own is the batcher's alone: not thread-safe)."""
 
     model: Any
     batcher: Batcher
+    tokens: PrivateTokenizer
 
 
 def batch_limits(settings: Settings, max_rows: int) -> BatchLimits:
@@ -83,7 +85,8 @@ def served_embedder(settings: Settings, row: Model, max_seq_length: int | None, 
 
     def load() -> Served:
         model = maybe_int8(load_embedder(path, device, max_seq_length), int8)
-        return Served(model, embedding_batcher(model, row.id, batch_limits(settings, settings.batch_max_rows)))
+        batcher = embedding_batcher(model, row.id, batch_limits(settings, settings.batch_max_rows))
+        return Served(model, batcher, PrivateTokenizer(model.tokenizer))
 
     return loaded_cache(settings).get(("embedder", path, int8), load)
 
@@ -101,7 +104,9 @@ def served_reranker(settings: Settings, row: Model, force: bool = False, int8: b
     def load() -> Served:
         model = maybe_int8(_load_checked_reranker(path, row.id, device, max_length, force), int8)
         rows = settings.rerank_batch_size or default_rerank_batch_size(model.device.type)
-        return Served(model, rerank_batcher(model, row.id, batch_limits(settings, rows)))
+        return Served(
+            model, rerank_batcher(model, row.id, batch_limits(settings, rows)), PrivateTokenizer(model.tokenizer)
+        )
 
     return loaded_cache(settings).get(("reranker", path, force, int8), load)
 

@@ -23,6 +23,7 @@ from app.retrieval.batcher import Batcher, BatchLimits, _Request, _Row, token_ba
 from app.retrieval.embedder import (
     EmbedderConfig,
     EncodeKey,
+    PrivateTokenizer,
     batched_encode,
     batched_queries,
     embedding_batcher,
@@ -71,7 +72,7 @@ def _concurrently(call: Callable[[int], np.ndarray]) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def embedder():
-    return load_embedder(MODEL_PATH, "cpu", 128)
+    return load_embedder(MODEL_PATH, "cpu", 64)  # the longer texts are cut: counted, then truncated
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +83,12 @@ def cross_encoder():
 def test_concurrent_embedding_callers_get_their_own_rows(embedder) -> None:
     """Half the callers embed queries (instruction, query length), half passages: two keys, never mixed."""
     batcher = embedding_batcher(embedder, "minilm", LIMITS)
+    tokens = PrivateTokenizer(embedder.tokenizer)
 
     def call(caller: int) -> np.ndarray:
         if caller % 2:
-            return batched_queries(batcher, embedder, QUERY_CONFIG, _texts(caller))
-        return batched_encode(batcher, embedder, _texts(caller), EncodeKey("document", True))
+            return batched_queries(batcher, embedder, tokens, QUERY_CONFIG, _texts(caller))
+        return batched_encode(batcher, embedder, tokens, _texts(caller), EncodeKey("document", True))
 
     results = _concurrently(call)
     for caller, vectors in enumerate(results):
@@ -104,9 +106,10 @@ def test_concurrent_embedding_callers_get_their_own_rows(embedder) -> None:
 
 def test_concurrent_rerank_callers_get_their_own_scores(cross_encoder) -> None:
     batcher = rerank_batcher(cross_encoder, "minilm-ce", BatchLimits(max_wait_ms=300, max_batch_rows=8))
+    tokens = PrivateTokenizer(cross_encoder.tokenizer)
 
     def call(caller: int) -> np.ndarray:
-        return batched_logits(batcher, cross_encoder, [(f"query {caller}", t) for t in _texts(caller)])
+        return batched_logits(batcher, cross_encoder, tokens, [(f"query {caller}", t) for t in _texts(caller)])
 
     results = _concurrently(call)
     for caller, logits in enumerate(results):
@@ -127,7 +130,7 @@ def test_a_full_queue_refuses_at_once_with_429(embedder) -> None:
         waiting.result(timeout=60), encode_texts(embedder, ["one", "two", "three"], True), atol=1e-5
     )
     # With nothing queued a request over the bound is still served: every valid request can be.
-    alone = batched_encode(batcher, embedder, ["a", "b", "c", "d", "e", "f"], key)
+    alone = batched_encode(batcher, embedder, PrivateTokenizer(embedder.tokenizer), list("abcdef"), key)
     assert alone.shape == (6, 384)
 
 
