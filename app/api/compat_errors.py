@@ -16,7 +16,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 KEPT_HEADERS = ("www-authenticate", "allow", "retry-after")
-OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error"}
+# 429: what OpenAI answers past a requests-per-minute limit ({"type": "requests", "code": "rate_limit_exceeded"}).
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error", 429: "requests"}
+OPENAI_CODES = {429: "rate_limit_exceeded"}
 
 
 def family(path: str) -> str | None:
@@ -41,12 +43,18 @@ def _message(detail: Any) -> tuple[str, str | None]:
 def shaped(kind: str, status: int, message: str, param: str | None = None) -> dict[str, Any]:
     if kind == "openai":
         error_type = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-        code = "model_not_found" if status == 404 and message.startswith("model") else None
+        code = "model_not_found" if status == 404 and message.startswith("model") else OPENAI_CODES.get(status)
         return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     if kind == "tei":
-        error_type = "backend" if status >= 500 else "unauthorized" if status in (401, 403) else "validation"
-        return {"error": message, "error_type": error_type}
+        return {"error": message, "error_type": _tei_type(status)}
     return {"message": message}
+
+
+def _tei_type(status: int) -> str:
+    """TEI's ``error_type``: "overloaded" is its answer (429) when its queue is full."""
+    if status == 429:
+        return "overloaded"
+    return "backend" if status >= 500 else "unauthorized" if status in (401, 403) else "validation"
 
 
 def _wrap(handler: Callable[..., Any]) -> Callable[..., Any]:

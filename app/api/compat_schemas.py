@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.schemas import RETRY_AFTER
+
 Lenient = ConfigDict(extra="ignore")
 
 # --- OpenAI ------------------------------------------------------------------------------------------
@@ -190,6 +192,11 @@ def error_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
         404: "No such model",
         413: "Too many inputs, or a text over the length bound",
         422: "Invalid request (the message names what)",
+        429: "The model's queue is full; retry after Retry-After",
         503: "The database is unreachable; retry shortly",
     }
-    return {code: {"model": model, "description": text} for code, text in texts.items()}
+    responses: dict[int | str, dict[str, Any]] = {
+        code: {"model": model, "description": text} for code, text in texts.items()
+    }
+    responses[429]["headers"] = RETRY_AFTER
+    return responses

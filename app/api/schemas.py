@@ -39,6 +39,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
+BUSY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorOut,
+        "description": "The model's queue is full; retry after Retry-After",
+        "headers": RETRY_AFTER,
+    },
+}
+
+
 class Orm(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     rerank_batch_size: int | None = Field(
         None, ge=1, description="(query, passage) pairs per reranker forward pass; default: 8 on CPU, 32 on GPU."
     )
+    batch_max_wait_ms: float = Field(
+        5.0, ge=0, description="How long a model's batcher waits after a request for others to share its forward pass."
+    )
+    batch_max_tokens: int = Field(
+        16384, ge=1, description="Token budget of one batched forward pass: rows x longest row, padded to 8."
+    )
+    batch_max_rows: int = Field(64, ge=1, description="Texts per batched embedding forward pass.")
+    batch_max_queued_texts: int = Field(
+        8192, ge=1, description="Texts (or pairs) queued per model; a request past it is refused (429)."
+    )
+    batch_retry_after_seconds: int = Field(1, ge=0, description="The Retry-After of that 429.")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads torch uses per process; default: torch's own (one per core)."
     )

@@ -85,3 +85,13 @@ class JobTooLargeError(RetuneError):
     """A job whose expected peak memory exceeds all the memory the workers have (app/services/memory_guard.py)."""
 
     status_code = 422
+
+
+class ServerBusyError(RetuneError):
+    """A model's batcher already holds its bound of queued texts (RETUNE_BATCH_MAX_QUEUED_TEXTS): retry later."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_seconds)}

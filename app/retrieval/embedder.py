@@ -6,13 +6,17 @@ applied by :func:`format_query` both when training and when searching, so the tw
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.ingest.types import Document
+from app.retrieval.batcher import Batcher, BatchLimits
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -91,8 +95,10 @@ def encode_texts(
     normalize: bool,
     batch_size: int = 64,
     task: str | None = None,
+    pad_multiple: int | None = None,
 ) -> np.ndarray:
-    """``task`` ("query" | "document") picks a Router model's branch and the per-task length, as in training."""
+    """``task`` ("query" | "document") picks a Router model's branch and the per-task length, as in training;
+    ``pad_multiple``: pad each batch to a multiple of this many tokens (the tokenizer's ``pad_to_multiple_of``)."""
     if not texts:
         return np.zeros((0, model.get_embedding_dimension() or 0), dtype=np.float32)
     vectors = model.encode(
@@ -102,8 +108,95 @@ def encode_texts(
         normalize_embeddings=normalize,
         show_progress_bar=False,
         task=task,
+        **padding_kwargs(pad_multiple),
     )
     return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def padding_kwargs(pad_multiple: int | None) -> dict[str, Any]:
+    """sentence-transformers' per-call tokenizer overrides (``processing_kwargs``) that pad to a multiple."""
+    return {"processing_kwargs": {"text": {"pad_to_multiple_of": pad_multiple}}} if pad_multiple else {}
+
+
+class PrivateTokenizer:
+    """A copy of a model's tokenizer for request threads, used under a lock.
+
+    A fast tokenizer is not thread-safe: every call sets the Rust tokenizer's truncation and padding, so
+    a count (no truncation) running beside a batched pass (truncation, padding) makes that pass fail or
+    tokenize unpadded. The batcher's one thread is the only user of the model's own tokenizer; requests
+    count and cut their texts with this copy, one at a time.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = copy.deepcopy(tokenizer)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def use(self) -> Iterator[Any]:
+        with self._lock:
+            yield self._tokenizer
+
+
+def token_lengths(tokenizer, texts: list[str] | list[tuple[str, str]], cap: int | None) -> list[int]:
+    """Tokens per text (or (query, passage) pair) as the model reads them: special tokens in, cut at ``cap``."""
+    if not texts:
+        return []
+    if isinstance(texts[0], tuple):
+        first, second = [t[0] for t in texts], [t[1] for t in texts]
+        ids = tokenizer(first, second, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    else:
+        ids = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    return [min(len(row), cap) if cap else len(row) for row in ids]
+
+
+@dataclass(frozen=True)
+class EncodeKey:
+    """What rows must share to share a forward pass: the Router branch, normalisation and query length."""
+
+    task: str | None
+    normalize: bool
+    query_length: int | None = None
+
+
+def embedding_batcher(model: SentenceTransformer, name: str, limits: BatchLimits) -> Batcher:
+    """A batcher whose passes are :func:`encode_texts` calls of one batch each."""
+
+    def run(key: EncodeKey, texts: list[str]) -> np.ndarray:
+        if key.task == "query":
+            set_query_length(model, key.query_length)
+        return encode_texts(model, texts, key.normalize, len(texts), key.task, limits.pad_multiple)
+
+    return Batcher(name, run, limits)
+
+
+def batched_encode(
+    batcher: Batcher,
+    model: SentenceTransformer,
+    tokens: PrivateTokenizer,
+    texts: list[str],
+    key: EncodeKey,
+    lengths: list[int] | None = None,
+) -> np.ndarray:
+    """``texts`` (already formatted) encoded through ``batcher``; ``lengths``: their token counts, if known."""
+    if not texts:
+        return encode_texts(model, [], key.normalize)
+    if lengths is None:
+        with tokens.use() as tokenizer:
+            lengths = token_lengths(tokenizer, texts, _length_cap(model, key))
+    return batcher.run(key, texts, lengths)
+
+
+def batched_queries(
+    batcher: Batcher, model: SentenceTransformer, tokens: PrivateTokenizer, config: EmbedderConfig, queries: list[str]
+) -> np.ndarray:
+    """:func:`encode_queries` through a batcher: the same instruction, normalisation and query length."""
+    key = EncodeKey("query", config.normalize, config.query_max_seq_length)
+    return batched_encode(batcher, model, tokens, [config.format_query(q) for q in queries], key)
+
+
+def _length_cap(model: SentenceTransformer, key: EncodeKey) -> int | None:
+    query_length = key.query_length or getattr(model[0], "query_length", None)
+    return (query_length if key.task == "query" else None) or model.max_seq_length
 
 
 def encode_queries(model: SentenceTransformer, config: EmbedderConfig, queries: list[str]) -> np.ndarray:

@@ -9,11 +9,14 @@ such a model unless the caller forces it.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.core.errors import UntrainedHeadError
+from app.retrieval.batcher import Batcher, BatchLimits
+from app.retrieval.embedder import PrivateTokenizer, padding_kwargs, token_lengths
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -85,15 +88,43 @@ def rerank_logits(model: CrossEncoder, query: str, passages: list[str], batch_si
 
     ``batch_size``: pairs per forward pass; default: the best measured for the model's device type.
     """
-    if not passages:
+    return pair_logits(model, [(query, p) for p in passages], batch_size)
+
+
+def pair_logits(
+    model: CrossEncoder, pairs: list[tuple[str, str]], batch_size: int | None = None, pad_multiple: int | None = None
+) -> np.ndarray:
+    """Raw logits for (query, passage) pairs; ``pad_multiple``: pad each batch to a multiple of this many tokens."""
+    if not pairs:
         return np.zeros(0, dtype=np.float32)
     scores = model.predict(
-        [(query, p) for p in passages],
+        pairs,
         batch_size=batch_size or default_rerank_batch_size(model.device.type),
         show_progress_bar=False,
         convert_to_numpy=True,
+        **padding_kwargs(pad_multiple),
     )
     return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+
+def rerank_batcher(model: CrossEncoder, name: str, limits: BatchLimits) -> Batcher:
+    """A batcher whose passes are :func:`pair_logits` calls of one batch each (pairs of any queries)."""
+
+    def run(_key: Hashable, pairs: list[tuple[str, str]]) -> np.ndarray:
+        return pair_logits(model, pairs, len(pairs), limits.pad_multiple)
+
+    return Batcher(name, run, limits)
+
+
+def batched_logits(
+    batcher: Batcher, model: CrossEncoder, tokens: PrivateTokenizer, pairs: list[tuple[str, str]]
+) -> np.ndarray:
+    """:func:`pair_logits` through ``batcher``: the pairs share passes with other requests' pairs."""
+    if not pairs:
+        return np.zeros(0, dtype=np.float32)
+    with tokens.use() as tokenizer:
+        lengths = token_lengths(tokenizer, pairs, model.max_seq_length)
+    return batcher.run(None, pairs, lengths).reshape(-1)
 
 
 def sigmoid(x: float) -> float:

@@ -2,7 +2,8 @@
 
 Texts are embedded exactly as in training and in ``/search``: the model's recorded ``EmbedderConfig``
 (query instruction, normalisation, query length) is applied, the query instruction only to queries.
-Models come from :mod:`app.services.serving`, the cache ``/search`` uses, so nothing is loaded twice.
+Models come from :mod:`app.services.serving`, the cache ``/search`` uses, so nothing is loaded twice, and
+their forward passes go through the model's batcher, shared with ``/search`` and every other request.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.errors import InputTooLargeError, InvalidRequestError
 from app.db.tables import Model
-from app.retrieval.embedder import EmbedderConfig, encode_texts, set_query_length
-from app.retrieval.reranker import rerank_logits, sigmoid
+from app.retrieval.embedder import EmbedderConfig, EncodeKey, batched_encode
+from app.retrieval.reranker import batched_logits, sigmoid
 from app.services import serving
 from app.services.model_refs import resolve_model
 from app.services.models import model_calibration
@@ -91,17 +92,22 @@ def embed(
     check_texts(settings, texts, settings.max_embed_inputs, "input")
     row = resolve_model(session, model_ref, "embedder")
     config = EmbedderConfig.from_dict(row.config)
-    model = serving.embedder(settings, row, config.max_seq_length)
+    served = serving.served_embedder(settings, row, config.max_seq_length)
+    model = served.model
     if input_type == QUERY:
-        set_query_length(model, config.query_max_seq_length)
         formatted = [config.format_query(t) for t in texts]
+        key = EncodeKey(QUERY, config.normalize if normalize is None else normalize, config.query_max_seq_length)
     else:
         formatted = [config.format_passage(t) for t in texts]
-    counts = token_counts(model.tokenizer, formatted)
+        key = EncodeKey(DOCUMENT, config.normalize if normalize is None else normalize)
+    with served.tokens.use() as tokenizer:
+        counts = token_counts(tokenizer, formatted)
     if max_tokens is not None and (longest := max(counts)) > max_tokens:
         raise InputTooLargeError(f"an input has {longest} tokens; at most {max_tokens} without truncation")
-    vectors = encode_texts(model, formatted, config.normalize if normalize is None else normalize, task=input_type)
-    vectors = shorten(vectors, dimensions, config.normalize if normalize is None else normalize)
+    read_cap = (config.query_max_seq_length if input_type == QUERY else None) or model.max_seq_length
+    lengths = [min(c, read_cap or c) for c in counts]
+    vectors = batched_encode(served.batcher, model, served.tokens, formatted, key, lengths)
+    vectors = shorten(vectors, dimensions, key.normalize)
     cap = model.max_seq_length or max(counts)
     return Embeddings(row, vectors, sum(min(c, cap) for c in counts))
 
@@ -145,10 +151,11 @@ def rerank(
     check_texts(settings, [query], 1, "query")
     check_texts(settings, documents, settings.max_rerank_documents, "documents")
     row = resolve_model(session, model_ref, "reranker")
-    model = serving.reranker(settings, row)
+    served = serving.served_reranker(settings, row)
     if max_tokens_per_doc is not None:
-        documents = [_first_tokens(model.tokenizer, d, max_tokens_per_doc) for d in documents]
-    logits = rerank_logits(model, query, documents, settings.rerank_batch_size)
+        with served.tokens.use() as tokenizer:
+            documents = [_first_tokens(tokenizer, d, max_tokens_per_doc) for d in documents]
+    logits = batched_logits(served.batcher, served.model, served.tokens, [(query, d) for d in documents])
     scores, score_type = relevance_scores(settings, row, logits)
     order = sorted(range(len(documents)), key=lambda i: -scores[i])
     ranked = [Ranked(i, float(scores[i]), float(logits[i])) for i in order]

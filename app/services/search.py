@@ -6,6 +6,7 @@ embedder settings used are the ones the index recorded when it was built, never 
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -18,8 +19,8 @@ from app.db.tables import Dataset, Model
 from app.evaluation.calibration import Calibration, score_query
 from app.ingest import Document
 from app.retrieval.device import resolve_device
-from app.retrieval.embedder import encode_queries, passage_text
-from app.retrieval.reranker import rerank_logits
+from app.retrieval.embedder import EmbedderConfig, batched_queries, passage_text
+from app.retrieval.reranker import batched_logits
 from app.services import serving
 from app.services.indexes import resolve_index
 from app.services.models import get_model, model_calibration
@@ -85,26 +86,22 @@ def search(
 
     loading = time.perf_counter()
     vector_index, config = serving.index(settings, index_row)
-    embedder = serving.embedder(settings, embedder_row, config.max_seq_length, int8)
+    embedder = serving.served_embedder(settings, embedder_row, config.max_seq_length, int8)
     corpus: dict[str, Document] = serving.corpus(settings, dataset)
     rerank_model = None
     if reranker is not None:
         if first_stage_weight is None:
             first_stage_weight = float(reranker.config.get("first_stage_weight", 0.0))
-        rerank_model = serving.reranker(settings, reranker, force, int8)
+        rerank_model = serving.served_reranker(settings, reranker, force, int8)
     recalling = time.perf_counter()
-    recalled = vector_index.search(encode_queries(embedder, config, queries), max(recall_k, top_k))
+    query_vectors = batched_queries(embedder.batcher, embedder.model, embedder.tokens, config, queries)
+    recalled = vector_index.search(query_vectors, max(recall_k, top_k))
     recall_done = time.perf_counter()
-    rerank_seconds = 0.0
+    all_hits = [[Hit(d, None, s, s, None) for d, s in found] for found in recalled]
+    all_logits = _rerank_all(rerank_model, config, queries, all_hits, corpus)
+    rerank_seconds = time.perf_counter() - recall_done
     results = []
-    for query, found in zip(queries, recalled, strict=True):
-        hits = [Hit(d, None, s, s, None) for d, s in found]
-        logits = None
-        if rerank_model is not None and hits:
-            texts = [passage_text(corpus[h.doc_id]) for h in hits]
-            reranking = time.perf_counter()
-            logits = rerank_logits(rerank_model, config.format_query(query), texts, settings.rerank_batch_size)
-            rerank_seconds += time.perf_counter() - reranking
+    for hits, logits in zip(all_hits, all_logits, strict=True):
         hits = _scored(hits, logits, calibration, index_row.model_id, first_stage_weight or 0.0)
         if threshold is not None:  # ordered by the calibrated score, so this keeps a prefix of the order
             hits = [h for h in hits if h.score >= threshold]
@@ -118,6 +115,27 @@ def search(
     used_map = calibration.map_for(index_row.model_id)[0] if calibration else None
     timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()}
     return SearchOutcome(index_row.id, results, timings_ms, calibration is not None, used_map)
+
+
+def _rerank_all(
+    served: serving.Served | None,
+    config: EmbedderConfig,
+    queries: list[str],
+    all_hits: list[list[Hit]],
+    corpus: dict[str, Document],
+) -> list[np.ndarray | None]:
+    """Every query's candidates' logits (None without a reranker), all the request's pairs submitted at
+    once so that they share forward passes with each other and with other requests'."""
+    if served is None:
+        return [None] * len(queries)
+    pairs = [
+        (config.format_query(query), passage_text(corpus[hit.doc_id]))
+        for query, hits in zip(queries, all_hits, strict=True)
+        for hit in hits
+    ]
+    logits = batched_logits(served.batcher, served.model, served.tokens, pairs)
+    bounds = np.cumsum([0] + [len(hits) for hits in all_hits])
+    return [logits[start:end] if end > start else None for start, end in itertools.pairwise(bounds)]
 
 
 def _calibration_for(settings: Settings, row: Model, reranking: bool, threshold: float | None) -> Calibration | None:

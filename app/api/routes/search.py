@@ -3,14 +3,14 @@ from dataclasses import asdict
 from fastapi import APIRouter, Response
 
 from app.api.deps import DbSession, ReadAccess, SettingsDep
-from app.api.schemas import SearchHitOut, SearchIn, SearchOut
+from app.api.schemas import BUSY_RESPONSES, SearchHitOut, SearchIn, SearchOut
 from app.services import search as search_service
 from app.services import telemetry
 
 router = APIRouter(tags=["search"])
 
 
-@router.post("/search", response_model=SearchOut, dependencies=[ReadAccess])
+@router.post("/search", response_model=SearchOut, dependencies=[ReadAccess], responses=BUSY_RESPONSES)
 def search(body: SearchIn, db: DbSession, settings: SettingsDep, response: Response) -> SearchOut:
     queries = body.queries if body.queries is not None else [body.query or ""]
     outcome = search_service.search(
