@@ -28,7 +28,8 @@ def _trainer(work_dir: Path, max_steps: int):  # type: ignore[no-untyped-def]
     from transformers import Trainer, TrainingArguments
 
     generator = torch.Generator().manual_seed(0)
-    rows = [{"x": torch.randn(4, generator=generator), "labels": torch.randn((), generator=generator)} for _ in range(16)]
+    rows = [{"x": torch.randn(4, generator=generator), "labels": torch.randn((), generator=generator)}
+            for _ in range(16)]  # fmt: skip
     args = TrainingArguments(
         output_dir=str(trainer_dir(work_dir)), max_steps=max_steps, save_strategy="steps", save_steps=2,
         save_total_limit=1, per_device_train_batch_size=2, report_to=[], use_cpu=True, logging_strategy="no",
