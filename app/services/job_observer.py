@@ -100,8 +100,9 @@ class SqlObserver:
         self.buffer.add(partial(_append_message, self.job_id, event_key(), text, utcnow()))
 
     def add_model(self, fields: dict[str, Any]) -> None:
-        """The job's model row, written once even when the flush that carries it is sent again."""
-        self.buffer.add(partial(_add_model, fields))
+        """The job's model row, committed with the next write (its ``finish``), so a model row never
+        exists without the job's success; written once even when the flush that carries it is sent again."""
+        self.buffer.add(partial(_add_model, fields), send=False)
 
     def finish(self, status: str, wait_seconds: float, **fields: object) -> bool:
         """Write the job's end after everything before it; False when the database stayed unreachable for

@@ -201,8 +201,7 @@ def _run_claimed(job: Job, settings: Settings) -> None:
         if (cancelled := _cancellation_in(exc)) is not None:
             ended = _end_cancelled(job.id, observer, settings, cancelled)
         elif is_unreachable(exc) or isinstance(exc, ClaimLost):
-            log.warning("job %s: database unreachable; left running with its checkpoint for the recovery sweep",
-                        job.id)  # fmt: skip
+            log.warning("job %s: database unreachable or job taken over: left running, checkpoint kept", job.id)
         else:
             ended = _fail(job.id, observer, settings, exc)
     finally:
@@ -267,8 +266,10 @@ def _train_and_publish(job: Job, settings: Settings, observer: SqlObserver, work
 
 
 def _publish_model(job: Job, settings: Settings, observer: SqlObserver, outcome: TrainingOutcome) -> str:
-    """The model row and the job's success in order after the run's metrics; when the database does not
-    come back in time, the files go back into the work dir so the resumed attempt publishes them."""
+    """The model row and the job's success in one transaction, after the run's metrics; when the database
+    does not come back in time, the files go back into the work dir so the resumed attempt publishes them."""
+    if not outcome.better_than_base:
+        observer.on_message("the verdict is not 'better': do not promote this model")
     model_id = new_id()
     final = storage.absolute(settings, storage.model_rel(model_id))
     shutil.move(str(outcome.model_dir), final)
@@ -286,8 +287,6 @@ def _publish_model(job: Job, settings: Settings, observer: SqlObserver, outcome:
             "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
         }
     )
-    if not outcome.better_than_base:
-        observer.on_message("the verdict is not 'better': do not promote this model")
     if observer.finish("succeeded", settings.db_outage_seconds, model_id=model_id):
         return "succeeded"
     shutil.move(str(final), str(outcome.model_dir))

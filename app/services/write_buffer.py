@@ -66,11 +66,13 @@ class WriteBuffer:
     def pending(self) -> int:
         return len(self._pending)
 
-    def add(self, write: Write) -> None:
-        """Queue one write and send the queue now, unless the database was just found unreachable."""
+    def add(self, write: Write, send: bool = True) -> None:
+        """Queue one write and send the queue now (unless the database was just found unreachable);
+        ``send=False`` only queues it, to commit it with the next write."""
         if not self.lost:
             self._pending.append(write)
-            self.flush()
+            if send:
+                self.flush()
 
     def flush(self, force: bool = False) -> bool:
         """True when nothing is left to send."""
@@ -90,7 +92,9 @@ class WriteBuffer:
             self.lost, self._pending = True, []
             return True
         except Exception as exc:
-            if not is_unreachable(exc):
+            if not is_unreachable(exc):  # a real error (a constraint, a bug): sending it again would fail again
+                log.error("a write of the job failed: %d buffered write(s) dropped", len(self._pending))
+                self._pending = []
                 raise
             if self._unreachable_since is None:
                 self._unreachable_since = now
