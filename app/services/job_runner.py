@@ -33,10 +33,10 @@ from app.training.data import EvalSpec, PreparedData, prepare, read_training_spl
 from app.training.embedder import train_embedder
 from app.training.mining import mine_hard_negatives
 from app.training.observer import TrainingCancelled
-
-__all__ = ["Heartbeat", "SqlObserver", "recover_lost_jobs", "run_job"]
 from app.training.params import EmbedderParams, MiningParams, RerankerParams
 from app.training.reranker import train_reranker
+
+__all__ = ["Heartbeat", "SqlObserver", "recover_lost_jobs", "run_job"]  # SqlObserver: its old home
 
 log = logging.getLogger(__name__)
 
