@@ -96,6 +96,12 @@ def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
     show_item("POST", f"/jobs/{job_id}/cancel", as_json, "job")
 
 
+@jobs.command("retry")
+def jobs_retry(job_id: str, as_json: JsonOpt = False) -> None:
+    """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
+    show(get_api().json("POST", f"/jobs/{job_id}/retry"), as_json, title="job")
+
+
 @jobs.command("delete")
 def jobs_delete(job_id: str, as_json: JsonOpt = False) -> None:
     """Delete a finished job with its metrics (the model it produced stays)."""

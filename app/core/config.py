@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     job_stale_seconds: int = Field(
         60, ge=2, description="A running job whose heartbeat is older than this is taken over by a starting worker."
     )
+    db_outage_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="How long a worker waits for an unreachable database to record a job's end (its status, its "
+        "model) before leaving the job, checkpoint kept, to the recovery sweep. Training itself never waits.",
+    )
 
     gpu_queue: str | None = Field(None, description="Celery queue of training jobs; default: RETUNE_QUEUE.")
     cpu_queue: str | None = Field(

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
 )
+from sqlalchemy import Index as SqlIndex
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -109,6 +110,8 @@ class Job(Base):
 
 class MetricPoint(Base):
     __tablename__ = "metric_points"
+    # One value per point: the worker upserts, so a flush sent again after a cut never doubles a point.
+    __table_args__ = (SqlIndex("uq_metric_points_point", "job_id", "step", "name", "split", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -197,3 +200,5 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(10))  # "message" | "metrics" | "status"
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Made by the worker for the events it buffers: inserting one again (a flush sent twice) adds nothing.
+    key: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)

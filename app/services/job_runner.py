@@ -1,7 +1,8 @@
 """Runs one job inside a worker: prepares data, calls the engine, stores metrics and the model.
 
-The engine reports through :class:`SqlObserver`, which writes each metric in its own short
-transaction, so a client polling ``GET /jobs/{id}/metrics`` sees them as they happen.
+The engine reports through :class:`SqlObserver` (app.services.job_observer), which writes each metric
+at once while the database is reachable and buffers them in order while it is not: only a real error
+of the job fails it, and no failure deletes its checkpoints.
 """
 
 from __future__ import annotations
@@ -9,24 +10,24 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 
 from app.core.config import Settings, get_settings
 from app.db.session import session_scope
-from app.db.tables import Dataset, Index, Job, MetricPoint, Model, new_id, utcnow
+from app.db.tables import Dataset, Index, Job, new_id, utcnow
 from app.ingest import DatasetFormatError
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.services import events, memory_guard, storage
 from app.services.datasets import store_training_examples
+from app.services.job_observer import SqlObserver
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
 from app.services.provenance import trained_hashes, write_provenance
+from app.services.write_buffer import ClaimLost, DatabaseUnreachable, is_unreachable
 from app.training.common import TrainingOutcome
 from app.training.data import EvalSpec, PreparedData, prepare, read_training_split
 from app.training.embedder import train_embedder
@@ -35,68 +36,9 @@ from app.training.observer import TrainingCancelled
 from app.training.params import EmbedderParams, MiningParams, RerankerParams
 from app.training.reranker import train_reranker
 
+__all__ = ["Heartbeat", "SqlObserver", "recover_lost_jobs", "run_job"]  # SqlObserver: its old home
+
 log = logging.getLogger(__name__)
-
-
-class SqlObserver:
-    """Stores metrics and progress; polls the cancel flag at most once a second."""
-
-    def __init__(self, job_id: str, poll_seconds: float = 1.0) -> None:
-        self.job_id = job_id
-        self.poll_seconds = poll_seconds
-        self._last_poll = 0.0
-        self._stop = False
-        # Metrics of one (step, split) become one "metrics" event, written when the next group starts.
-        self._pending: tuple[int, str] | None = None
-        self._pending_values: dict[str, float] = {}
-
-    def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
-        with session_scope() as s:
-            if self._pending != (step, split):
-                self._flush_metrics(s)
-                self._pending = (step, split)
-            self._pending_values[name] = value
-            s.add(MetricPoint(job_id=self.job_id, step=step, epoch=epoch, name=name, value=value, split=split))
-
-    def _flush_metrics(self, session: Session) -> None:
-        """The pending (step, split) group as one event: data {step, split, name: value, ...}."""
-        if self._pending is None:
-            return
-        step, split = self._pending
-        data = {"step": step, "split": split, **self._pending_values}
-        message = events.metrics_message(step, split, self._pending_values)
-        events.add_event(session, self.job_id, "metrics", message, data)
-        self._pending, self._pending_values = None, {}
-
-    def on_progress(self, step: int, total_steps: int) -> None:
-        with session_scope() as s:
-            self._flush_metrics(s)
-            job = s.get(Job, self.job_id)
-            if job is not None:
-                job.step, job.total_steps = step, total_steps
-
-    def should_stop(self) -> bool:
-        now = time.monotonic()
-        if not self._stop and now - self._last_poll >= self.poll_seconds:
-            self._last_poll = now
-            with session_scope() as s:
-                job = s.get(Job, self.job_id)
-                self._stop = job is None or job.cancel_requested
-        return self._stop
-
-    def on_resume(self, step: int) -> None:
-        with session_scope() as s:
-            self._flush_metrics(s)
-            s.execute(delete(MetricPoint).where(MetricPoint.job_id == self.job_id, MetricPoint.step > step))
-            s.execute(update(Job).where(Job.id == self.job_id).values(step=step, resumed_from_step=step))
-
-    def on_message(self, text: str) -> None:
-        with session_scope() as s:
-            job = s.get(Job, self.job_id)
-            if job is not None:
-                job.message = f"{job.message}\n{text}" if job.message else text
-                self._flush_metrics(s)
-                events.add_event(s, self.job_id, "message", text)
 
 
 def _claim(job_id: str, stale_seconds: int) -> Job | None:
@@ -231,18 +173,6 @@ def _append_message(text: str) -> ColumnElement[str]:
     return case((Job.message.is_(None), text), else_=Job.message + "\n" + text)
 
 
-def _finish(job_id: str, status: str, **fields: object) -> None:
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            return
-        job.status, job.finished_at = status, utcnow()
-        for key, value in fields.items():
-            setattr(job, key, value)
-        error = fields.get("error")
-        events.add_status_event(s, job_id, status, str(error).splitlines()[0] if error else None)
-
-
 def run_job(job_id: str, settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     waiting = memory_guard.hold_reason(job_id, settings)
@@ -258,89 +188,109 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
 
 
 def _run_claimed(job: Job, settings: Settings) -> None:
-    job_id = job.id
-    observer = SqlObserver(job_id)
-    model_id = new_id()
-    work_dir = storage.job_work_dir(settings, job_id)
+    """The work dir (checkpoints) goes only when the job succeeded: a failed or cancelled job keeps it for
+    ``POST /jobs/{id}/retry``, and a job left running (database unreachable, taken over) resumes from it."""
+    observer = SqlObserver(job.id, job.attempts)
+    work_dir = storage.job_work_dir(settings, job.id)
+    ended = "left running"
     try:
-        with session_scope() as s:
-            dataset = s.get(Dataset, job.dataset_id)
-            if dataset is None:
-                raise ValueError(f"dataset '{job.dataset_id}' no longer exists")
-            dataset_dir = storage.absolute(settings, dataset.path)
-            dataset_format, dataset_name = dataset.format, dataset.name
-            base_path, base_row = resolve_base_model(s, settings, job.base_model)
-            base_config = EmbedderConfig.from_dict(base_row.config if base_row else None)
-            candidate_ref = job.params.get("candidate_model") or BUNDLED_MODEL_ID
-            candidate_path, candidate_row = resolve_base_model(s, settings, candidate_ref)
-            candidate_config = EmbedderConfig.from_dict(candidate_row.config if candidate_row else None)
-
-        if job.kind == "mine_negatives":
-            _mine_into_dataset(
-                job, settings, observer, dataset_dir, dataset_format, dataset_name, base_path, base_config
-            )
-            return
-        spec = EvalSpec(**job.eval)
-        data = prepare(
-            dataset_dir,
-            dataset_format,
-            spec,
-            job.params.get("train_split", "train"),
-            job.params.get("max_train_queries"),
-        )
-        device = resolve_device(settings.device)
-        observer.on_message(_roles_message(job.attempts, data, device))
-        outcome: TrainingOutcome
-        if job.kind == "embedder":
-            outcome = train_embedder(
-                base_path, data, EmbedderParams(**job.params), work_dir, observer, device,
-                base_config if base_row is not None else None,
-            )  # fmt: skip
-        else:
-            outcome = train_reranker(
-                base_path, data, RerankerParams(**job.params), work_dir, observer, device,
-                candidate_path, candidate_config, candidate_ref,
-            )  # fmt: skip
-        if not outcome.model_dir.exists():
-            raise RuntimeError("training finished without an evaluated model to keep")
-
-        inherited = [trained_hashes(settings, base_row), trained_hashes(settings, candidate_row)]
-        write_provenance(outcome.model_dir, job.dataset_id, data.train_queries, inherited)
-        final = storage.absolute(settings, storage.model_rel(model_id))
-        shutil.move(str(outcome.model_dir), final)
-        with session_scope() as s:
-            s.add(
-                Model(
-                    id=model_id,
-                    name=f"{job.kind}-{job_id[:8]}",
-                    kind=job.kind,
-                    source="job",
-                    path=storage.model_rel(model_id),
-                    base_model=job.base_model,
-                    job_id=job_id,
-                    config=outcome.config,
-                    better_than_base=outcome.better_than_base,
-                    verdict=outcome.verdict.to_dict() if outcome.verdict else None,
-                )
-            )
-        if not outcome.better_than_base:
-            observer.on_message("the verdict is not 'better': do not promote this model")
-        _finish(job_id, "succeeded", model_id=model_id)
+        ended = _train_and_publish(job, settings, observer, work_dir)
     except TrainingCancelled as exc:
-        _end_cancelled(job_id, observer, exc)
-    except (ValueError, DatasetFormatError, OSError) as exc:
-        if (cancelled := _cancellation_in(exc)) is not None:
-            return _end_cancelled(job_id, observer, cancelled)
-        log.exception("job %s failed", job_id)
-        _finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        ended = _end_cancelled(job.id, observer, settings, exc)
     except Exception as exc:
         if (cancelled := _cancellation_in(exc)) is not None:
-            return _end_cancelled(job_id, observer, cancelled)
-        log.exception("job %s failed", job_id)
-        tail = "".join(traceback.format_exception(exc)[-3:])
-        _finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{tail}")
+            ended = _end_cancelled(job.id, observer, settings, cancelled)
+        elif is_unreachable(exc) or isinstance(exc, ClaimLost):
+            log.warning("job %s: database unreachable or job taken over: left running, checkpoint kept", job.id)
+        else:
+            ended = _fail(job.id, observer, settings, exc)
     finally:
-        storage.remove(work_dir)
+        if ended == "succeeded":
+            storage.remove(work_dir)
+        log.info("job %s: %s", job.id, ended)
+
+
+def _fail(job_id: str, observer: SqlObserver, settings: Settings, exc: Exception) -> str:
+    """A real error of the job (its data, its parameters, the engine): it ends ``failed``."""
+    log.error("job %s failed", job_id, exc_info=exc)
+    error = f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, ValueError | DatasetFormatError | OSError):
+        error += "\n" + "".join(traceback.format_exception(exc)[-3:])
+    return "failed" if observer.finish("failed", settings.db_outage_seconds, error=error) else "left running"
+
+
+def _train_and_publish(job: Job, settings: Settings, observer: SqlObserver, work_dir: Path) -> str:
+    with session_scope() as s:
+        dataset = s.get(Dataset, job.dataset_id)
+        if dataset is None:
+            raise ValueError(f"dataset '{job.dataset_id}' no longer exists")
+        dataset_dir = storage.absolute(settings, dataset.path)
+        dataset_format, dataset_name = dataset.format, dataset.name
+        base_path, base_row = resolve_base_model(s, settings, job.base_model)
+        base_config = EmbedderConfig.from_dict(base_row.config if base_row else None)
+        candidate_ref = job.params.get("candidate_model") or BUNDLED_MODEL_ID
+        candidate_path, candidate_row = resolve_base_model(s, settings, candidate_ref)
+        candidate_config = EmbedderConfig.from_dict(candidate_row.config if candidate_row else None)
+
+    if job.kind == "mine_negatives":
+        _mine_into_dataset(job, settings, observer, dataset_dir, dataset_format, dataset_name, base_path, base_config)
+        return "succeeded"
+    spec = EvalSpec(**job.eval)
+    data = prepare(
+        dataset_dir,
+        dataset_format,
+        spec,
+        job.params.get("train_split", "train"),
+        job.params.get("max_train_queries"),
+    )
+    device = resolve_device(settings.device)
+    observer.on_message(_roles_message(job.attempts, data, device))
+    outcome: TrainingOutcome
+    if job.kind == "embedder":
+        outcome = train_embedder(
+            base_path, data, EmbedderParams(**job.params), work_dir, observer, device,
+            base_config if base_row is not None else None,
+        )  # fmt: skip
+    else:
+        outcome = train_reranker(
+            base_path, data, RerankerParams(**job.params), work_dir, observer, device,
+            candidate_path, candidate_config, candidate_ref,
+        )  # fmt: skip
+    if not outcome.model_dir.exists():
+        raise RuntimeError("training finished without an evaluated model to keep")
+    if observer.lost:
+        return "left running"
+    inherited = [trained_hashes(settings, base_row), trained_hashes(settings, candidate_row)]
+    write_provenance(outcome.model_dir, job.dataset_id, data.train_queries, inherited)
+    return _publish_model(job, settings, observer, outcome)
+
+
+def _publish_model(job: Job, settings: Settings, observer: SqlObserver, outcome: TrainingOutcome) -> str:
+    """The model row and the job's success in one transaction, after the run's metrics; when the database
+    does not come back in time, the files go back into the work dir so the resumed attempt publishes them."""
+    if not outcome.better_than_base:
+        observer.on_message("the verdict is not 'better': do not promote this model")
+    model_id = new_id()
+    final = storage.absolute(settings, storage.model_rel(model_id))
+    shutil.move(str(outcome.model_dir), final)
+    observer.add_model(
+        {
+            "id": model_id,
+            "name": f"{job.kind}-{job.id[:8]}",
+            "kind": job.kind,
+            "source": "job",
+            "path": storage.model_rel(model_id),
+            "base_model": job.base_model,
+            "job_id": job.id,
+            "config": outcome.config,
+            "better_than_base": outcome.better_than_base,
+            "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
+        }
+    )
+    if observer.finish("succeeded", settings.db_outage_seconds, model_id=model_id):
+        return "succeeded"
+    shutil.move(str(final), str(outcome.model_dir))
+    return "left running"
 
 
 def _cancellation_in(exc: BaseException) -> TrainingCancelled | None:
@@ -353,11 +303,14 @@ def _cancellation_in(exc: BaseException) -> TrainingCancelled | None:
     return None
 
 
-def _end_cancelled(job_id: str, observer: SqlObserver, exc: TrainingCancelled) -> None:
-    """Wherever the engine stopped (a step, an evaluation, between phases), the job ends ``cancelled``."""
+def _end_cancelled(job_id: str, observer: SqlObserver, settings: Settings, exc: TrainingCancelled) -> str:
+    """Wherever the engine stopped (a step, an evaluation, between phases), the job ends ``cancelled``;
+    unless it stopped because the job is no longer this attempt's (then another writes its end)."""
+    if observer.lost:
+        return "left running"
     log.info("job %s: %s", job_id, exc)
     observer.on_message(str(exc))
-    _finish(job_id, "cancelled")
+    return "cancelled" if observer.finish("cancelled", settings.db_outage_seconds) else "left running"
 
 
 def _roles_message(attempt: int, data: PreparedData, device: str) -> str:
@@ -394,6 +347,10 @@ def _mine_into_dataset(
     model = load_embedder(base_path, device, params.passage_max_len or base_config.max_seq_length)
     outcome = mine_hard_negatives(data, model, base_config, params, observer)
     del model
+    if not observer.buffer.drain(settings.db_outage_seconds):
+        raise DatabaseUnreachable("the mining job's messages could not be written")
+    if observer.lost:
+        raise ClaimLost(job.id)
     source = f"job {job.id}: dataset {job.dataset_id}, negatives mined with {job.base_model}"
     source_ids = {text: qid for qid, text in data.train_queries.items()}
     dataset_id, stats = store_training_examples(settings, outcome.examples, source, source_ids)

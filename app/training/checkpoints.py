@@ -9,9 +9,13 @@ nor trains on different data, and its learning-rate schedule continues instead o
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "retune_state.json"
 ROWS_FILE = "train_rows.json"
@@ -22,11 +26,32 @@ def trainer_dir(work_dir: Path) -> Path:
     return work_dir / "trainer"
 
 
+def is_complete(checkpoint: Path) -> bool:
+    """transformers writes ``trainer_state.json`` last (after the model, optimizer, scheduler and RNG
+    states) and deletes older checkpoints only after it: a checkpoint without a readable one was cut
+    by a worker killed while writing it."""
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == checkpoint_step(str(checkpoint))
+
+
 def last_checkpoint(work_dir: Path) -> str | None:
+    """The newest complete checkpoint. Newer partial ones are removed, so the run resumes from the previous
+    one and, saving at the same steps, writes them again whole (transformers' own lookup takes the newest
+    folder, whole or not)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     directory = trainer_dir(work_dir)
-    return get_last_checkpoint(str(directory)) if directory.is_dir() else None
+    if not directory.is_dir():
+        return None
+    while (found := get_last_checkpoint(str(directory))) is not None and not is_complete(Path(found)):
+        log.warning("checkpoint %s is partial (its worker died while writing it): using the previous one", found)
+        shutil.rmtree(found)
+    return found
 
 
 def checkpoint_step(path: str) -> int:

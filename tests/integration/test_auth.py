@@ -43,6 +43,8 @@ def test_keys_scopes_and_revocation(service: Service) -> None:
     # A write key reaches the handler (here: a validation error), but cannot manage keys.
     assert writer.post("/datasets", files={"file": ("x.jsonl", b"")}).status_code == 422
     assert writer.get("/keys").status_code == 403
+    assert reader.post("/jobs/nope/retry").status_code == 403  # retrying a job takes the write scope
+    assert writer.post("/jobs/nope/retry").status_code == 404
 
     assert service.client.delete(f"/keys/{made['read']['id']}").json()["revoked_at"]
     assert reader.get("/models").status_code == 401

@@ -41,3 +41,10 @@ def test_cancel_during_step0_evaluation(service: Service) -> None:
     assert final["error"] is None and final["model_id"] is None and final["step"] == 0
     assert client.get(f"/jobs/{job['id']}/metrics").json()["points"] == []  # stopped before any step-0 figure
     assert stopped_after < 60, stopped_after  # one chunk of 128 passages, not the rest of the corpus
+
+    assert (service.data_dir / "work" / job["id"]).is_dir(), "a cancelled job keeps its work dir for a retry"
+    retried = client.post(f"/jobs/{job['id']}/retry")  # a cancelled job can be taken up again ...
+    assert retried.status_code == 202 and retried.json()["status"] == "queued", retried.text
+    client.post(f"/jobs/{job['id']}/cancel")  # ... and cancelled again (queued: at once; taken: at its next check)
+    again = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=180, interval=0.2)
+    assert again["status"] == "cancelled", again

@@ -17,7 +17,7 @@ from app.api.errors import dotted_field, is_retune_route, validation_response
 from app.api.schemas import JOB_KINDS, JobIn
 from app.core.errors import NotFoundError
 from app.db.tables import Base, Dataset, IndexAlias, Job, JobEvent, MetricPoint
-from app.services import events, job_runner
+from app.services import events, job_observer, job_runner, write_buffer
 from app.services.jobs import estimated_finish
 from app.services.listing import page_aliases, page_datasets, page_jobs
 
@@ -88,7 +88,8 @@ def test_observer_writes_one_metrics_event_per_step_and_split(
             yield s
             s.commit()
 
-    monkeypatch.setattr(job_runner, "session_scope", scope)
+    monkeypatch.setattr(job_observer, "session_scope", scope)
+    monkeypatch.setattr(write_buffer, "session_scope", scope)
     with factory() as s:
         _datasets(s, 1)
         s.add(Job(id="j", kind="embedder", dataset_id="d00", base_model="m"))

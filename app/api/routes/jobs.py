@@ -22,7 +22,7 @@ from app.api.schemas import (
 )
 from app.db.session import session_scope
 from app.db.tables import Job, Model
-from app.services import checkpoints, events, jobs, listing
+from app.services import checkpoints, events, job_retry, jobs, listing
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -81,6 +81,13 @@ def delete_job(job_id: str, db: DbSession, settings: SettingsDep) -> None:
 @router.post("/{job_id}/cancel", response_model=JobOut, dependencies=[WriteAccess])
 def cancel_job(job_id: str, db: DbSession) -> JobOut:
     return _out(db, jobs.cancel_job(db, job_id))
+
+
+@router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, dependencies=[WriteAccess])
+def retry_job(job_id: str, db: DbSession) -> JobOut:
+    """A failed or cancelled job is queued again (409 otherwise); it resumes from its last checkpoint, which
+    a failed or cancelled job keeps until it is deleted."""
+    return _out(db, job_retry.retry_job(db, job_id))
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointsOut, dependencies=[ReadAccess])
