@@ -7,7 +7,6 @@ transaction, so a client polling ``GET /jobs/{id}/metrics`` sees them as they ha
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 import traceback
@@ -24,9 +23,11 @@ from app.ingest import DatasetFormatError
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.services import events, memory_guard, storage
+from app.services.artifacts import ArtifactStore
 from app.services.datasets import store_training_examples
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
 from app.services.provenance import trained_hashes, write_provenance
+from app.training.checkpoints import last_checkpoint
 from app.training.common import TrainingOutcome
 from app.training.data import EvalSpec, PreparedData, prepare, read_training_split
 from app.training.embedder import train_embedder
@@ -261,13 +262,14 @@ def _run_claimed(job: Job, settings: Settings) -> None:
     job_id = job.id
     observer = SqlObserver(job_id)
     model_id = new_id()
-    work_dir = storage.job_work_dir(settings, job_id)
+    store = storage.store(settings)
+    work_dir = store.work_dir(job_id)
     try:
         with session_scope() as s:
             dataset = s.get(Dataset, job.dataset_id)
             if dataset is None:
                 raise ValueError(f"dataset '{job.dataset_id}' no longer exists")
-            dataset_dir = storage.absolute(settings, dataset.path)
+            dataset_key = dataset.path
             dataset_format, dataset_name = dataset.format, dataset.name
             base_path, base_row = resolve_base_model(s, settings, job.base_model)
             base_config = EmbedderConfig.from_dict(base_row.config if base_row else None)
@@ -275,6 +277,7 @@ def _run_claimed(job: Job, settings: Settings) -> None:
             candidate_path, candidate_row = resolve_base_model(s, settings, candidate_ref)
             candidate_config = EmbedderConfig.from_dict(candidate_row.config if candidate_row else None)
 
+        dataset_dir = storage.local_copy(settings, dataset_key)
         if job.kind == "mine_negatives":
             _mine_into_dataset(
                 job, settings, observer, dataset_dir, dataset_format, dataset_name, base_path, base_config
@@ -290,39 +293,28 @@ def _run_claimed(job: Job, settings: Settings) -> None:
         )
         device = resolve_device(settings.device)
         observer.on_message(_roles_message(job.attempts, data, device))
+        _restore_checkpoint(store, job_id, work_dir, observer)
+
+        def push(step: int) -> None:
+            store.save_checkpoint(job_id, work_dir, step)
+
         outcome: TrainingOutcome
         if job.kind == "embedder":
             outcome = train_embedder(
                 base_path, data, EmbedderParams(**job.params), work_dir, observer, device,
-                base_config if base_row is not None else None,
+                base_config if base_row is not None else None, on_checkpoint=push,
             )  # fmt: skip
         else:
             outcome = train_reranker(
                 base_path, data, RerankerParams(**job.params), work_dir, observer, device,
-                candidate_path, candidate_config, candidate_ref,
+                candidate_path, candidate_config, candidate_ref, on_checkpoint=push,
             )  # fmt: skip
         if not outcome.model_dir.exists():
             raise RuntimeError("training finished without an evaluated model to keep")
 
         inherited = [trained_hashes(settings, base_row), trained_hashes(settings, candidate_row)]
         write_provenance(outcome.model_dir, job.dataset_id, data.train_queries, inherited)
-        final = storage.absolute(settings, storage.model_rel(model_id))
-        shutil.move(str(outcome.model_dir), final)
-        with session_scope() as s:
-            s.add(
-                Model(
-                    id=model_id,
-                    name=f"{job.kind}-{job_id[:8]}",
-                    kind=job.kind,
-                    source="job",
-                    path=storage.model_rel(model_id),
-                    base_model=job.base_model,
-                    job_id=job_id,
-                    config=outcome.config,
-                    better_than_base=outcome.better_than_base,
-                    verdict=outcome.verdict.to_dict() if outcome.verdict else None,
-                )
-            )
+        _publish_model(store, job, model_id, outcome)
         if not outcome.better_than_base:
             observer.on_message("the verdict is not 'better': do not promote this model")
         _finish(job_id, "succeeded", model_id=model_id)
@@ -340,7 +332,38 @@ def _run_claimed(job: Job, settings: Settings) -> None:
         tail = "".join(traceback.format_exception(exc)[-3:])
         _finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{tail}")
     finally:
-        storage.remove(work_dir)
+        store.remove_work(job_id)
+
+
+def _restore_checkpoint(store: ArtifactStore, job_id: str, work_dir: Path, observer: SqlObserver) -> None:
+    """A job taken over on a machine without its work dir: fetch its latest checkpoint from the store."""
+    if last_checkpoint(work_dir) is None and (step := store.restore_checkpoint(job_id, work_dir)) is not None:
+        observer.on_message(f"fetched the checkpoint at step {step} from the artifact store")
+
+
+def _publish_model(store: ArtifactStore, job: Job, model_id: str, outcome: TrainingOutcome) -> None:
+    """The files first (atomically), then the row; without the row, the files go too."""
+    key = storage.model_rel(model_id)
+    store.publish_dir(outcome.model_dir, key)
+    try:
+        with session_scope() as s:
+            s.add(
+                Model(
+                    id=model_id,
+                    name=f"{job.kind}-{job.id[:8]}",
+                    kind=job.kind,
+                    source="job",
+                    path=key,
+                    base_model=job.base_model,
+                    job_id=job.id,
+                    config=outcome.config,
+                    better_than_base=outcome.better_than_base,
+                    verdict=outcome.verdict.to_dict() if outcome.verdict else None,
+                )
+            )
+    except BaseException:
+        store.remove(key)
+        raise
 
 
 def _cancellation_in(exc: BaseException) -> TrainingCancelled | None:
@@ -416,5 +439,5 @@ def _mine_into_dataset(
                 events.add_event(s, job.id, "message", note)
                 events.add_status_event(s, job.id, "succeeded")
     except BaseException:
-        storage.remove(storage.absolute(settings, storage.dataset_rel(dataset_id)))
+        storage.store(settings).remove(storage.dataset_rel(dataset_id))
         raise
