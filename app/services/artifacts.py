@@ -251,7 +251,8 @@ class S3Store(ArtifactStore):
     def remove(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._object(key, MANIFEST))  # invisible first
         self._delete_prefix(self._object(key) + "/")
-        self._fetched.pop(key, None)
+        if (cached := self._fetched.pop(key, None)) is not None:
+            shutil.rmtree(cached, ignore_errors=True)
 
     def _checkpoints(self, job_id: str) -> list[int]:
         """Steps of the job's complete (manifested) checkpoints in the store."""
