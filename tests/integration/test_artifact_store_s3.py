@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from app.services.artifacts import MANIFEST
-from tests.conftest import S3Server
+from tests.conftest import S3Server, scifact_slice_zip
 from tests.integration.conftest import (
     Service,
     drop_pg_database,
@@ -33,8 +33,8 @@ from tests.integration.conftest import (
     stop_service,
 )
 
-TINY = {"epochs": 1, "batch_size": 8, "passage_max_len": 128, "logging_steps": 1}
-SMALL_EVAL = {"split": "test", "max_queries": 5, "max_corpus_docs": 60}
+TINY = {"batch_size": 8, "passage_max_len": 64, "logging_steps": 1, "max_steps": 2}
+SMALL_EVAL = {"split": "test", "max_queries": 5, "max_corpus_docs": 40}
 
 
 @dataclass
@@ -81,6 +81,13 @@ def hosts(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
         drop_pg_database(db_name)
 
 
+@pytest.fixture(scope="module")
+def dataset_id(hosts: Hosts) -> str:
+    """A small SciFact slice (16 train / 8 test queries, 40 documents), uploaded once."""
+    upload = ("scifact-slice.zip", scifact_slice_zip(n_train=16, n_test=8, n_distractors=16))
+    return hosts.api.client.post("/datasets", files={"file": upload}).json()["id"]
+
+
 def _only_cache(data_dir: Path) -> None:
     """Nothing published lives in a host's data dir: artifacts are in the store, copies in cache/."""
     for sub in ("datasets", "models", "indexes"):
@@ -89,9 +96,9 @@ def _only_cache(data_dir: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_upload_train_index_search_download_through_s3(hosts: Hosts, scifact_zip: bytes) -> None:
+def test_upload_train_index_search_download_through_s3(hosts: Hosts, dataset_id: str) -> None:
     client = hosts.api.client
-    dataset = client.post("/datasets", files={"file": ("scifact-slice.zip", scifact_zip)}).json()
+    dataset = client.get(f"/datasets/{dataset_id}").json()
     assert hosts.published(f"datasets/{dataset['id']}")
     job = run_job(hosts.api, {"kind": "embedder", "dataset_id": dataset["id"], "eval": SMALL_EVAL, "params": TINY})
     model_id = job["model_id"]
@@ -128,11 +135,10 @@ def test_upload_train_index_search_download_through_s3(hosts: Hosts, scifact_zip
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_job_resumes_on_another_data_dir_after_its_worker_is_killed(hosts: Hosts, scifact_zip: bytes) -> None:
+def test_job_resumes_on_another_data_dir_after_its_worker_is_killed(hosts: Hosts, dataset_id: str) -> None:
     client = hosts.api.client
-    dataset = client.post("/datasets", files={"file": ("scifact-slice.zip", scifact_zip)}).json()
-    params = {**TINY, "checkpoint_steps": 2, "max_steps": 8}
-    body = {"kind": "embedder", "dataset_id": dataset["id"], "eval": SMALL_EVAL, "params": params}
+    params = {**TINY, "checkpoint_steps": 2, "max_steps": 6}
+    body = {"kind": "embedder", "dataset_id": dataset_id, "eval": SMALL_EVAL, "params": params}
     job = client.post("/jobs", json=body).json()
     pattern = re.compile(rf"work/{job['id']}/checkpoint-\d+/{MANIFEST}")
     hosts.api.wait_for(
