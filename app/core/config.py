@@ -27,7 +27,7 @@ class Settings(BaseSettings):
         "s3://bucket/prefix (endpoint, region and credentials from the standard AWS_* variables).",
     )
     artifact_cache_bytes: int = Field(
-        20 * 1024**3, ge=0, description="Bound on the local copies of S3 artifacts under data_dir/cache."
+        20 * 1024**3, ge=0, description="Bound on the local copies of S3 artifacts under data_dir/cache/artifacts."
     )
     host: str = "127.0.0.1"
     port: int = 8000

@@ -7,7 +7,7 @@ manifest LAST, and readers trust only keys with a manifest, so no reader sees ha
 The row naming a key is committed only after ``publish_dir`` returned (see ``storage.publish``).
 
 Readers work on local files (sentence-transformers, FAISS and the dataset readers read folders): the S3
-store downloads a key once into a size-bounded cache under ``data_dir/cache``, keyed by key and manifest
+store downloads a key once into a size-bounded cache under ``data_dir/cache/artifacts``, keyed by key and manifest
 version, evicting the least recently used copies. Published keys are never rewritten (new artifacts get
 new ids), so a process remembers what it fetched and a search does not contact S3 per request.
 """
@@ -150,7 +150,7 @@ class S3Store(ArtifactStore):
         super().__init__(data_dir)
         self.bucket, self.prefix = parse_url(url)
         self.client = boto3.client("s3")
-        self.cache_dir = data_dir / "cache"
+        self.cache_dir = data_dir / "cache" / "artifacts"  # beside HF_HOME=data_dir/cache/huggingface (image)
         self.cache_bytes = cache_bytes
         self._fetched: dict[str, Path] = {}
         self._small: dict[tuple[str, str], bytes | None] = {}

@@ -94,6 +94,10 @@ def _only_cache(data_dir: Path) -> None:
         assert not any((data_dir / sub).iterdir()), f"{data_dir / sub} holds artifacts"
 
 
+def _cached(data_dir: Path) -> list[Path]:
+    return list((data_dir / "cache" / "artifacts").iterdir())
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_upload_train_index_search_download_through_s3(hosts: Hosts, dataset_id: str) -> None:
@@ -125,8 +129,8 @@ def test_upload_train_index_search_download_through_s3(hosts: Hosts, dataset_id:
     api_dir, worker_dir = hosts.api.data_dir, hosts.tmp / "worker-1"
     _only_cache(api_dir)
     _only_cache(worker_dir)
-    assert any(p.name.startswith(f"indexes__{index['id']}--") for p in (api_dir / "cache").iterdir())
-    assert any(p.name.startswith(f"datasets__{dataset['id']}--") for p in (worker_dir / "cache").iterdir())
+    assert any(p.name.startswith(f"indexes__{index['id']}--") for p in _cached(api_dir))
+    assert any(p.name.startswith(f"datasets__{dataset['id']}--") for p in _cached(worker_dir))
     assert not hosts.keys(f"work/{job['id']}/"), "checkpoints are removed from the store when the job ends"
 
     assert client.delete(f"/indexes/{index['id']}").status_code == 204
