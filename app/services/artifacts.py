@@ -103,7 +103,10 @@ class LocalStore(ArtifactStore):
         return (self.data_dir / key).resolve()
 
     def publish_dir(self, local_dir: Path, key: str) -> None:
-        shutil.move(str(local_dir), self.path(key))  # a rename: staging is on the same file system
+        """A rename (staging is on the data dir's file system); it fails if the key is taken."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        local_dir.rename(target)
 
     def local_copy(self, key: str) -> Path:
         return self.path(key)
@@ -253,6 +256,7 @@ class S3Store(ArtifactStore):
         self._delete_prefix(self._object(key) + "/")
         if (cached := self._fetched.pop(key, None)) is not None:
             shutil.rmtree(cached, ignore_errors=True)
+        self._small = {known: data for known, data in self._small.items() if known[0] != key}
 
     def _checkpoints(self, job_id: str) -> list[int]:
         """Steps of the job's complete (manifested) checkpoints in the store."""
@@ -279,9 +283,8 @@ class S3Store(ArtifactStore):
                 continue
             staged = work_dir.parent / f".{work_dir.name}-{uuid.uuid4().hex}"
             self._download(checkpoint_key(job_id, step), manifest, staged)
-            for item in staged.iterdir():
-                shutil.move(str(item), work_dir / item.name)
-            shutil.rmtree(staged, ignore_errors=True)
+            shutil.rmtree(work_dir, ignore_errors=True)  # what is there has no checkpoint: useless
+            staged.rename(work_dir)
             return step
         return None
 
