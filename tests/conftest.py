@@ -7,7 +7,10 @@ import io
 import json
 import os
 import random
+import socket
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -74,3 +77,48 @@ def scifact_slice_zip(n_train: int = 40, n_test: int = 20, n_distractors: int = 
 @pytest.fixture(scope="session")
 def scifact_zip() -> bytes:
     return scifact_slice_zip()
+
+
+@dataclass
+class S3Server:
+    """A real S3 protocol server (moto's) on loopback, with one bucket for the run."""
+
+    endpoint: str
+    bucket: str
+
+    def env(self, prefix: str) -> dict[str, str]:
+        """What a Retune process needs to store its artifacts under ``s3://bucket/prefix``."""
+        return {
+            "RETUNE_ARTIFACT_URL": f"s3://{self.bucket}/{prefix}",
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+            region_name="us-east-1",
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        missing('moto is not installed (pip install "moto[server]")')
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = S3Server(f"http://127.0.0.1:{port}", "retune-test")
+    s3.client().create_bucket(Bucket=s3.bucket)
+    try:
+        yield s3
+    finally:
+        server.stop()

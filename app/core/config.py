@@ -21,6 +21,14 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), description="Datasets, models, indexes and the embedded DB.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir.")
     broker_url: str | None = Field(None, description="Celery broker; default: sqla+sqlite under data_dir.")
+    artifact_url: str = Field(
+        "",
+        description="Where datasets, models, indexes and checkpoints are stored: empty for data_dir, or "
+        "s3://bucket/prefix (endpoint, region and credentials from the standard AWS_* variables).",
+    )
+    artifact_cache_bytes: int = Field(
+        20 * 1024**3, ge=0, description="Bound on the local copies of S3 artifacts under data_dir/cache/artifacts."
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     queue: str = Field("retune", description="Celery queue the API sends to and workers consume.")
@@ -102,6 +110,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="CIDRs (JSON list) whose clients may read GET /metrics without a key; others need an admin key.",
     )
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _valid_artifact_url(cls, url: str) -> str:
+        if url.strip() and not url.strip().startswith("s3://"):
+            raise ValueError(f"expected s3://bucket/prefix or empty (the data dir), got {url!r}")
+        return url.strip()
 
     @field_validator("metrics_allow")
     @classmethod

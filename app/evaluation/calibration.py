@@ -149,10 +149,15 @@ def _write(model_dir: str | Path, data: dict) -> Path:
 def load_status(model_dir: str | Path) -> tuple[Calibration | None, str | None]:
     """The model's calibration, or None and the reason it has none."""
     path = Path(model_dir) / FILE_NAME
-    if not path.is_file():
+    return status_from_text(path.read_text() if path.is_file() else None)
+
+
+def status_from_text(text: str | None) -> tuple[Calibration | None, str | None]:
+    """The calibration a ``calibration.json`` holds (None: no file), or None and the reason."""
+    if text is None:
         return None, NO_FILE_REASON
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
         if not data.get("fitted"):
             return None, str(data.get("reason") or "no calibration fitted")
         return Calibration.from_dict(data), None

@@ -7,7 +7,6 @@ the row is written only after the move; if the row cannot be written the files a
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -89,9 +88,8 @@ def create_dataset(session: Session, settings: Settings, source: BinaryIO, filen
             write_retrieval_set(rs, out)
             stats = rs.stats()
         dataset_id = new_id()
-        final = storage.absolute(settings, storage.dataset_rel(dataset_id))
         (out / "dataset.json").write_text(json.dumps({"format": dataset_format, "source": label}))
-        shutil.move(str(out), final)
+        storage.store(settings).publish_dir(out, storage.dataset_rel(dataset_id))
     finally:
         storage.remove(staging)
 
@@ -102,7 +100,7 @@ def create_dataset(session: Session, settings: Settings, source: BinaryIO, filen
         path=storage.dataset_rel(dataset_id),
         stats=stats,
     )
-    storage.publish(session, row, final)
+    storage.publish(session, settings, row, row.path)
     return row
 
 
@@ -113,7 +111,7 @@ def store_training_examples(
 
     Staged, read back through the same parser as an upload (so what is published is what jobs will
     read, and the stats are an upload's), then moved into place. Returns (dataset id, stats); the
-    caller writes the row, and removes ``storage.dataset_rel(id)`` if it cannot.
+    caller writes the row, and removes the key ``storage.dataset_rel(id)`` from the store if it cannot.
     """
     staging = storage.staging_dir(settings)
     try:
@@ -127,7 +125,7 @@ def store_training_examples(
              "source_query_ids": source_query_ids or {}}
         ))  # fmt: skip
         dataset_id = new_id()
-        shutil.move(str(out), storage.absolute(settings, storage.dataset_rel(dataset_id)))
+        storage.store(settings).publish_dir(out, storage.dataset_rel(dataset_id))
     finally:
         storage.remove(staging)
     return dataset_id, stats
@@ -148,4 +146,4 @@ def delete_dataset(session: Session, settings: Settings, dataset_id: str) -> Non
     )
     if users:
         raise ConflictError(f"dataset '{dataset_id}' is used by jobs or indexes; delete those first")
-    storage.delete_with_files(session, row, storage.absolute(settings, row.path), f"dataset '{dataset_id}'")
+    storage.delete_with_files(session, settings, row, row.path, f"dataset '{dataset_id}'")

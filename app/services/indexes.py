@@ -110,10 +110,9 @@ def delete_index(session: Session, settings: Settings, index_id: str) -> None:
         )
     if row.status == "building":
         raise ConflictError(f"index '{index_id}' is building; delete it once it is ready or failed")
-    path = storage.absolute(settings, row.path)
     session.delete(row)
     session.commit()
-    storage.remove(path)
+    storage.store(settings).remove(row.path)
 
 
 def delete_alias(session: Session, name: str) -> None:
@@ -166,7 +165,7 @@ def _progress(index_id: str, done: int, total: int) -> None:
 
 
 def _build_claimed(index_id: str, settings: Settings) -> None:
-    """Encode the corpus, write the index to a staging folder, publish by rename."""
+    """Encode the corpus, write the index to a staging folder, publish it to the store, then mark it ready."""
     with session_scope() as s:
         row = s.get(Index, index_id)
         if row is None or row.status != "building":
@@ -176,14 +175,13 @@ def _build_claimed(index_id: str, settings: Settings) -> None:
         if dataset is None or model is None:
             row.status, row.error = "failed", "its dataset or model was deleted"
             return
-        dataset_dir = storage.absolute(settings, dataset.path)
+        dataset_key, key = dataset.path, row.path
         path = model_path(settings, model)
         config = EmbedderConfig.from_dict(model.config)
-        target = storage.absolute(settings, row.path)
         requested_type = row.index_type
     staging = storage.staging_dir(settings)
     try:
-        corpus = read_retrieval_set(dataset_dir).corpus
+        corpus = read_retrieval_set(storage.local_copy(settings, dataset_key)).corpus
         embedder = load_embedder(path, resolve_device(settings.device), config.max_seq_length)
         doc_ids = list(corpus)
         vectors = encode_passages(
@@ -195,7 +193,7 @@ def _build_claimed(index_id: str, settings: Settings) -> None:
         index = VectorIndex.build(vectors, doc_ids, choose_kind(requested_type, len(doc_ids)))
         index.save(staging)
         (staging / META_FILE).write_text(json.dumps({"model_id": model.id, "embedder_config": config.to_dict()}))
-        staging.rename(target)
+        storage.store(settings).publish_dir(staging, key)
         with session_scope() as s:
             row = s.get(Index, index_id)
             row.status, row.num_docs, row.dim, row.finished_at = "ready", len(index), index.dim, utcnow()

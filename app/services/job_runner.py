@@ -23,11 +23,13 @@ from app.ingest import DatasetFormatError
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.services import events, memory_guard, storage
+from app.services.artifacts import ArtifactStore
 from app.services.datasets import store_training_examples
 from app.services.job_observer import SqlObserver
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
 from app.services.provenance import trained_hashes, write_provenance
 from app.services.write_buffer import ClaimLost, DatabaseUnreachable, is_unreachable
+from app.training.checkpoints import last_checkpoint
 from app.training.common import TrainingOutcome
 from app.training.data import EvalSpec, PreparedData, prepare, read_training_split
 from app.training.embedder import train_embedder
@@ -188,13 +190,15 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
 
 
 def _run_claimed(job: Job, settings: Settings) -> None:
-    """The work dir (checkpoints) goes only when the job succeeded: a failed or cancelled job keeps it for
-    ``POST /jobs/{id}/retry``, and a job left running (database unreachable, taken over) resumes from it."""
+    """The work dir (checkpoints, here and in the store) goes only when the job succeeded: a failed or
+    cancelled job keeps it for ``POST /jobs/{id}/retry``, and a job left running (database unreachable,
+    taken over) resumes from it, on this machine or another."""
     observer = SqlObserver(job.id, job.attempts)
-    work_dir = storage.job_work_dir(settings, job.id)
+    store = storage.store(settings)
+    work_dir = store.work_dir(job.id)
     ended = "left running"
     try:
-        ended = _train_and_publish(job, settings, observer, work_dir)
+        ended = _train_and_publish(job, settings, observer, store, work_dir)
     except TrainingCancelled as exc:
         ended = _end_cancelled(job.id, observer, settings, exc)
     except Exception as exc:
@@ -206,7 +210,7 @@ def _run_claimed(job: Job, settings: Settings) -> None:
             ended = _fail(job.id, observer, settings, exc)
     finally:
         if ended == "succeeded":
-            storage.remove(work_dir)
+            store.remove_work(job.id)
         log.info("job %s: %s", job.id, ended)
 
 
@@ -219,12 +223,14 @@ def _fail(job_id: str, observer: SqlObserver, settings: Settings, exc: Exception
     return "failed" if observer.finish("failed", settings.db_outage_seconds, error=error) else "left running"
 
 
-def _train_and_publish(job: Job, settings: Settings, observer: SqlObserver, work_dir: Path) -> str:
+def _train_and_publish(
+    job: Job, settings: Settings, observer: SqlObserver, store: ArtifactStore, work_dir: Path
+) -> str:
     with session_scope() as s:
         dataset = s.get(Dataset, job.dataset_id)
         if dataset is None:
             raise ValueError(f"dataset '{job.dataset_id}' no longer exists")
-        dataset_dir = storage.absolute(settings, dataset.path)
+        dataset_key = dataset.path
         dataset_format, dataset_name = dataset.format, dataset.name
         base_path, base_row = resolve_base_model(s, settings, job.base_model)
         base_config = EmbedderConfig.from_dict(base_row.config if base_row else None)
@@ -232,6 +238,7 @@ def _train_and_publish(job: Job, settings: Settings, observer: SqlObserver, work
         candidate_path, candidate_row = resolve_base_model(s, settings, candidate_ref)
         candidate_config = EmbedderConfig.from_dict(candidate_row.config if candidate_row else None)
 
+    dataset_dir = storage.local_copy(settings, dataset_key)
     if job.kind == "mine_negatives":
         _mine_into_dataset(job, settings, observer, dataset_dir, dataset_format, dataset_name, base_path, base_config)
         return "succeeded"
@@ -245,16 +252,21 @@ def _train_and_publish(job: Job, settings: Settings, observer: SqlObserver, work
     )
     device = resolve_device(settings.device)
     observer.on_message(_roles_message(job.attempts, data, device))
+    _restore_checkpoint(store, job.id, work_dir, observer)
+
+    def push(step: int) -> None:
+        store.save_checkpoint(job.id, work_dir, step)
+
     outcome: TrainingOutcome
     if job.kind == "embedder":
         outcome = train_embedder(
             base_path, data, EmbedderParams(**job.params), work_dir, observer, device,
-            base_config if base_row is not None else None,
+            base_config if base_row is not None else None, on_checkpoint=push,
         )  # fmt: skip
     else:
         outcome = train_reranker(
             base_path, data, RerankerParams(**job.params), work_dir, observer, device,
-            candidate_path, candidate_config, candidate_ref,
+            candidate_path, candidate_config, candidate_ref, on_checkpoint=push,
         )  # fmt: skip
     if not outcome.model_dir.exists():
         raise RuntimeError("training finished without an evaluated model to keep")
@@ -262,24 +274,27 @@ def _train_and_publish(job: Job, settings: Settings, observer: SqlObserver, work
         return "left running"
     inherited = [trained_hashes(settings, base_row), trained_hashes(settings, candidate_row)]
     write_provenance(outcome.model_dir, job.dataset_id, data.train_queries, inherited)
-    return _publish_model(job, settings, observer, outcome)
+    return _publish_model(job, settings, observer, store, outcome)
 
 
-def _publish_model(job: Job, settings: Settings, observer: SqlObserver, outcome: TrainingOutcome) -> str:
-    """The model row and the job's success in one transaction, after the run's metrics; when the database
-    does not come back in time, the files go back into the work dir so the resumed attempt publishes them."""
+def _publish_model(
+    job: Job, settings: Settings, observer: SqlObserver, store: ArtifactStore, outcome: TrainingOutcome
+) -> str:
+    """The files first (atomically, in the store), then the model row and the job's success in one
+    transaction, after the run's metrics; when the database does not come back in time, the files go back
+    into the work dir so the resumed attempt publishes them."""
     if not outcome.better_than_base:
         observer.on_message("the verdict is not 'better': do not promote this model")
     model_id = new_id()
-    final = storage.absolute(settings, storage.model_rel(model_id))
-    shutil.move(str(outcome.model_dir), final)
+    key = storage.model_rel(model_id)
+    store.publish_dir(outcome.model_dir, key)
     observer.add_model(
         {
             "id": model_id,
             "name": f"{job.kind}-{job.id[:8]}",
             "kind": job.kind,
             "source": "job",
-            "path": storage.model_rel(model_id),
+            "path": key,
             "base_model": job.base_model,
             "job_id": job.id,
             "config": outcome.config,
@@ -287,10 +302,21 @@ def _publish_model(job: Job, settings: Settings, observer: SqlObserver, outcome:
             "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
         }
     )
-    if observer.finish("succeeded", settings.db_outage_seconds, model_id=model_id):
-        return "succeeded"
-    shutil.move(str(final), str(outcome.model_dir))
+    try:
+        if observer.finish("succeeded", settings.db_outage_seconds, model_id=model_id):
+            return "succeeded"
+    except BaseException:
+        store.remove(key)  # no row names these files
+        raise
+    shutil.copytree(store.local_copy(key), outcome.model_dir, dirs_exist_ok=True)
+    store.remove(key)
     return "left running"
+
+
+def _restore_checkpoint(store: ArtifactStore, job_id: str, work_dir: Path, observer: SqlObserver) -> None:
+    """A job taken over on a machine without its work dir: fetch its latest checkpoint from the store."""
+    if last_checkpoint(work_dir) is None and (step := store.restore_checkpoint(job_id, work_dir)) is not None:
+        observer.on_message(f"fetched the checkpoint at step {step} from the artifact store")
 
 
 def _cancellation_in(exc: BaseException) -> TrainingCancelled | None:
@@ -373,5 +399,5 @@ def _mine_into_dataset(
                 events.add_event(s, job.id, "message", note)
                 events.add_status_event(s, job.id, "succeeded")
     except BaseException:
-        storage.remove(storage.absolute(settings, storage.dataset_rel(dataset_id)))
+        storage.store(settings).remove(storage.dataset_rel(dataset_id))
         raise

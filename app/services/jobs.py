@@ -184,7 +184,7 @@ def delete_job(session: Session, settings: Settings, job_id: str) -> None:
     session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
     session.delete(job)
     session.commit()
-    storage.remove(settings.data_dir / "work" / job_id)
+    storage.store(settings).remove_work(job_id)
 
 
 def estimated_finish(job: Job, now: datetime | None = None) -> datetime | None:

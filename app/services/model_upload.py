@@ -10,7 +10,6 @@ import code from the folder is accepted (``auto_map``, ``.py`` files, modules ou
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -125,8 +124,7 @@ def register_upload(
         chosen = kind or detected
         config = check_loads(root, chosen, label, model_name)
         model_id = new_id()
-        final = storage.absolute(settings, storage.model_rel(model_id))
-        shutil.move(str(root), final)
+        storage.store(settings).publish_dir(root, storage.model_rel(model_id))
     finally:
         storage.remove(staging)
     row = Model(
@@ -138,5 +136,5 @@ def register_upload(
         config=config,
         file_name=label[:255],
     )
-    storage.publish(session, row, final)
+    storage.publish(session, settings, row, row.path)
     return row

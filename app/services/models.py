@@ -15,7 +15,7 @@ from app.core.config import Settings
 from app.core.errors import ConflictError, InvalidRequestError
 from app.db.tables import Index, IndexAlias, Job, Model
 from app.evaluation.calibration import FILE_NAME as CALIBRATION_FILE
-from app.evaluation.calibration import Calibration, load_status
+from app.evaluation.calibration import Calibration, status_from_text
 from app.services import storage
 from app.services.lookup import get_or_404
 from app.services.model_archive import ARCHIVE_FORMATS, stream_model_archive
@@ -57,7 +57,7 @@ def get_model(session: Session, model_id: str) -> Model:
 def model_path(settings: Settings, row: Model) -> str:
     if row.source == "bundled":
         return bundled_model_path()
-    return str(storage.absolute(settings, row.path))
+    return str(storage.local_copy(settings, row.path))
 
 
 def resolve_base_model(
@@ -94,20 +94,17 @@ def resolve_base_model(
 
 
 @lru_cache(maxsize=256)
-def _calibration_at(path: str, modified_ns: int) -> tuple[Calibration | None, str | None]:
-    return load_status(path)
+def _calibration_of(raw: bytes | None) -> tuple[Calibration | None, str | None]:
+    return status_from_text(raw.decode("utf-8", errors="replace") if raw is not None else None)
 
 
 def model_calibration(settings: Settings, row: Model) -> tuple[Calibration | None, str | None]:
-    """The model's fitted calibration, or None and the reason it has none (read once per process)."""
+    """The model's fitted calibration, or None and the reason it has none (parsed once per file content).
+
+    Only the one file is read (a listing of models fetches no model from a remote store)."""
     if row.source == "bundled":
         return None, "no calibration fitted (the bundled base model was never fitted on judged queries)"
-    folder = model_path(settings, row)
-    try:  # one stat per request; the JSON is read once per file version per process
-        modified_ns = (Path(folder) / CALIBRATION_FILE).stat().st_mtime_ns
-    except OSError:
-        return load_status(folder)
-    return _calibration_at(folder, modified_ns)
+    return _calibration_of(storage.store(settings).read_bytes(row.path, CALIBRATION_FILE))
 
 
 def calibration_view(settings: Settings, row: Model) -> dict:
@@ -152,7 +149,7 @@ def delete_model(session: Session, settings: Settings, model_id: str) -> None:
         raise ConflictError(f"model '{model_id}' ships with Retune and cannot be deleted")
     if users := dependants(session, model_id):
         raise ConflictError(f"model '{model_id}' is used by {', '.join(users[:5])}; delete or switch those first")
-    storage.delete_with_files(session, row, storage.absolute(settings, row.path), f"model '{model_id}'")
+    storage.delete_with_files(session, settings, row, row.path, f"model '{model_id}'")
 
 
 def download_filename(row: Model, archive_format: str) -> tuple[str, str]:

@@ -23,7 +23,6 @@ from app.core.config import Settings
 from app.core.errors import InvalidRequestError
 from app.db.tables import Dataset, Model
 from app.services import storage
-from app.services.models import model_path
 from app.training.data import EvalSpec, prepare
 
 PROVENANCE_FILE = "provenance.json"
@@ -41,8 +40,8 @@ def trained_hashes(settings: Settings, row: Model | None) -> set[str]:
     """The query hashes a registered model was trained on (none for bundled or uploaded models)."""
     if row is None or row.source != "job":
         return set()
-    path = Path(model_path(settings, row)) / PROVENANCE_FILE
-    return set(json.loads(path.read_text())["trained_query_sha1"]) if path.exists() else set()
+    raw = storage.store(settings).read_bytes(row.path, PROVENANCE_FILE)
+    return set(json.loads(raw)["trained_query_sha1"]) if raw is not None else set()
 
 
 def write_provenance(
@@ -72,7 +71,7 @@ def check_evaluation_queries(
     if not trained:
         return False  # nothing to read: the common case costs no dataset read
     data = prepare(
-        storage.absolute(settings, dataset.path), dataset.format, EvalSpec(**eval_spec),
+        storage.local_copy(settings, dataset.path), dataset.format, EvalSpec(**eval_spec),
         params.get("train_split", "train"), params.get("max_train_queries"),
     )  # fmt: skip
     evaluated = {query_hash(t) for t in [*data.validation_queries.values(), *data.eval_queries.values()]}

@@ -55,7 +55,7 @@ def _load_checked_reranker(path: str, name: str, device: str, max_length: int | 
 
 def index(settings: Settings, row: Index) -> tuple[VectorIndex, EmbedderConfig]:
     """A built index and the embedder settings it was built with."""
-    index_dir = str(storage.absolute(settings, row.path))
+    index_dir = str(storage.local_copy(settings, row.path))
     return loaded_cache(settings).get(("index", index_dir), lambda: _load_index(index_dir))
 
 
@@ -118,5 +118,5 @@ def reranker(settings: Settings, row: Model, force: bool = False, int8: bool = F
 
 def corpus(settings: Settings, dataset: Dataset) -> dict[str, Document]:
     return loaded_cache(settings).get(
-        ("corpus", dataset.path), lambda: read_retrieval_set(storage.absolute(settings, dataset.path)).corpus
+        ("corpus", dataset.path), lambda: read_retrieval_set(storage.local_copy(settings, dataset.path)).corpus
     )

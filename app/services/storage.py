@@ -1,4 +1,5 @@
-"""Where files live under the data dir. Paths in SQL are relative to it, so a volume can move."""
+"""Artifact keys and the publish rule. Keys in SQL (``datasets/ID``, ``models/ID``, ``indexes/ID``) name
+folders in the artifact store (app/services/artifacts.py), so a volume or a bucket can move."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.db.tables import Base
+from app.services.artifacts import ArtifactStore, get_store
 
 
-def absolute(settings: Settings, relative: str) -> Path:
-    return (settings.data_dir / relative).resolve()
+def store(settings: Settings) -> ArtifactStore:
+    return get_store(settings)
 
 
 def dataset_rel(dataset_id: str) -> str:
@@ -28,15 +30,13 @@ def index_rel(index_id: str) -> str:
     return f"indexes/{index_id}"
 
 
-def job_work_dir(settings: Settings, job_id: str) -> Path:
-    """Checkpoints and resume state of a running job; kept across worker deaths, removed when it ends."""
-    path = settings.data_dir / "work" / job_id
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def local_copy(settings: Settings, key: str) -> Path:
+    """The artifact's folder on this machine (fetched into the cache when the store is remote)."""
+    return get_store(settings).local_copy(key)
 
 
 def staging_dir(settings: Settings) -> Path:
-    """A fresh scratch folder on the same file system, so the final move is an atomic rename."""
+    """A fresh scratch folder on the data dir's file system, so a local publish is an atomic rename."""
     path = settings.data_dir / "tmp" / uuid.uuid4().hex
     path.mkdir(parents=True)
     return path
@@ -46,19 +46,19 @@ def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def publish(session: Session, row: Base, final: Path) -> None:
-    """Commit a row whose files are already in place at ``final``; without the row, the files go too
+def publish(session: Session, settings: Settings, row: Base, key: str) -> None:
+    """Commit a row whose files are already published under ``key``; without the row, the files go too
     (so a failed commit never leaves files that no row names)."""
     try:
         session.add(row)
         session.commit()
     except BaseException:
         session.rollback()
-        remove(final)
+        get_store(settings).remove(key)
         raise
 
 
-def delete_with_files(session: Session, row: Base, path: Path, label: str) -> None:
+def delete_with_files(session: Session, settings: Settings, row: Base, key: str, label: str) -> None:
     """Delete a row, then its files; a foreign key still pointing at it is a 409 and keeps both."""
     from sqlalchemy.exc import IntegrityError
 
@@ -70,4 +70,4 @@ def delete_with_files(session: Session, row: Base, path: Path, label: str) -> No
     except IntegrityError as exc:
         session.rollback()
         raise ConflictError(f"{label} is in use") from exc
-    remove(path)
+    get_store(settings).remove(key)

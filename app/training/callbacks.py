@@ -43,6 +43,17 @@ class ObserverCallback(TrainerCallback):
                 control.should_training_stop = True
 
 
+class CheckpointSaved(TrainerCallback):
+    """Calls ``on_saved(step)`` once the Trainer wrote checkpoint ``step`` (after that step's evaluation and
+    Retune's run state were saved), so whoever runs the engine can copy the work dir somewhere durable."""
+
+    def __init__(self, on_saved: Callable[[int], None]) -> None:
+        self.on_saved = on_saved
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw):
+        self.on_saved(state.global_step)
+
+
 class BestModel:
     """Keeps the best evaluated training state on disk; the base model's score is the bar to beat."""
 

@@ -14,6 +14,7 @@ the in-batch negatives stay.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ from app.retrieval.embedder import (
     set_query_length,
 )
 from app.training.calibrate import calibrate_embedder, report_embedder
-from app.training.callbacks import BestModel, ObserverCallback
+from app.training.callbacks import BestModel, CheckpointSaved, ObserverCallback
 from app.training.checkpoints import (
     RunState,
     checkpoint_step,
@@ -141,8 +142,10 @@ def train_embedder(
     observer: TrainingObserver,
     device: str,
     base_config: EmbedderConfig | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainingOutcome:
-    """``base_config``: how the base model is used (its registry entry); default: read from the model itself."""
+    """``base_config``: how the base model is used (its registry entry); default: read from the model itself.
+    ``on_checkpoint(step)``: called after each checkpoint is saved in ``work_dir``."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
@@ -200,7 +203,7 @@ def train_embedder(
     callback = ObserverCallback(observer, evaluate, params.eval_steps)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=_embedder_loss(model, params, "label" in rows),
-        callbacks=[callback],
+        callbacks=[callback, *([CheckpointSaved(on_checkpoint)] if on_checkpoint else [])],
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=resume_from)
     if callback.cancelled:

@@ -27,7 +27,7 @@ from app.evaluation.verdict import Verdict, judge
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
 from app.retrieval.reranker import HEAD_PATTERN, load_reranker, untrained_head_weights
 from app.training.calibrate import calibrate_reranker, calibrated_order, report_reranker
-from app.training.callbacks import BestModel, ObserverCallback
+from app.training.callbacks import BestModel, CheckpointSaved, ObserverCallback
 from app.training.checkpoints import (
     RunState,
     checkpoint_step,
@@ -114,8 +114,10 @@ def train_reranker(
     candidate_path: str,
     candidate_config: EmbedderConfig,
     candidate_id: str | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainingOutcome:
-    """``candidate_id``: the first-stage embedder's registered id (the calibration records it)."""
+    """``candidate_id``: the first-stage embedder's registered id (the calibration records it);
+    ``on_checkpoint(step)``: called after each checkpoint is saved in ``work_dir``."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +168,11 @@ def train_reranker(
     callback = ObserverCallback(observer, evaluate, params.eval_steps)
     run.stop = lambda: setattr(callback, "stop_requested", True)
     trainer = CrossEncoderTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=_loss(params, model), callbacks=[callback]
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        loss=_loss(params, model),
+        callbacks=[callback, *([CheckpointSaved(on_checkpoint)] if on_checkpoint else [])],
     )
     trainer.train(resume_from_checkpoint=resume_from)
     if callback.cancelled:
