@@ -49,7 +49,7 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
 
 
 def commit() -> str | None:
-    """The checkout's commit (with ``+dirty`` when it has uncommitted changes), or None outside git."""
+    """The checkout's commit (``+dirty`` when code has uncommitted changes; result files do not count)."""
     import subprocess
 
     def git(*args: str) -> str:
@@ -57,7 +57,8 @@ def commit() -> str | None:
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        return f"{head}+dirty" if git("status", "--porcelain", "--untracked-files=no") else head
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+        return f"{head}+dirty" if changed else head
     except (OSError, subprocess.CalledProcessError):
         return None
 
