@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import job_finished, start_service, start_worker, stop_service
+from tests.integration.conftest import SMALL_EVAL, job_finished, start_service, start_worker, stop_service
 from tests.integration.tcp_proxy import TcpProxy
-from tests.integration.test_faults import SMALL_EVAL, TINY, pg_env  # noqa: F401 (the fixture)
+from tests.integration.test_faults import TINY
 
 CUT_SECONDS = 10
 
@@ -24,7 +24,7 @@ CUT_SECONDS = 10
 @pytest.mark.slow
 def test_job_trains_through_a_database_outage_and_loses_no_metric(
     tmp_path: Path,
-    pg_env: dict[str, str],  # noqa: F811
+    pg_env: dict[str, str],
     scifact_zip: bytes,
 ) -> None:
     proxy = TcpProxy("127.0.0.1", 5432)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ADMIN_KEY, ROOT, Service, job_finished, start_service, stop_service
-from tests.integration.test_faults import SMALL_EVAL, TINY
+from tests.integration.conftest import ADMIN_KEY, ROOT, SMALL_EVAL, Service, job_finished, start_service, stop_service
+from tests.integration.test_faults import TINY
 
 STEPS = 4
 

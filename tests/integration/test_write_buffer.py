@@ -17,11 +17,10 @@ from app.db.tables import Dataset, Job, JobEvent, MetricPoint, utcnow
 from app.services import job_observer, write_buffer
 from app.services.job_observer import SqlObserver
 from tests.integration.tcp_proxy import TcpProxy
-from tests.integration.test_faults import pg_env  # noqa: F401 (the fixture)
 
 
 @pytest.fixture
-def databases(pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TcpProxy, sessionmaker]]:  # noqa: F811
+def databases(pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TcpProxy, sessionmaker]]:
     """(the proxy the observer's connections go through, sessions straight to the database)."""
     url = pg_env["RETUNE_DATABASE_URL"]
     upgrade_to_head(url)
