@@ -109,7 +109,7 @@ class Network:
         self.bridge = f"rt{self.suffix}br"  # interface names hold at most 15 characters
         self.logs = logs
         self.subnet = self._free_subnet()
-        self.hosts: list[Host] = []
+        self.hosts: dict[str, Host] = {}
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.address(1)}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
@@ -136,7 +136,7 @@ class Network:
         host = Host(f"rt{self.suffix}-{name}", self.address(n), self.logs)
         outside, inside = f"rt{self.suffix}v{n}", f"rt{self.suffix}p{n}"
         ip("netns", "add", host.netns)
-        self.hosts.append(host)
+        self.hosts[name] = host
         ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         ip("link", "set", inside, "netns", host.netns)
         ip("link", "set", outside, "master", self.bridge, "up")
@@ -147,7 +147,7 @@ class Network:
 
     def close(self) -> None:
         """Kill every process of every host, then delete the namespaces, their veths and the bridge."""
-        for n, host in enumerate(self.hosts, start=2):
+        for n, host in enumerate(self.hosts.values(), start=2):
             host.kill_all()
             with contextlib.suppress(RuntimeError):
                 ip("link", "del", f"rt{self.suffix}v{n}")  # takes its peer with it

@@ -3,8 +3,10 @@
 ``svc`` runs a private PostgreSQL, Redis and S3 server (moto's), ``api`` the API alone, ``w1`` and
 ``w2`` one worker each. The hosts reach one another only over a bridge on a private subnet; the
 machine's PostgreSQL and Redis (on loopback) are out of their reach. A job trains on ``w1``, whose
-every process is SIGKILLed after a checkpoint reached the store; ``w2`` resumes it from that
-checkpoint, then builds an index that ``api`` searches and embeds with.
+every process is SIGKILLed after a checkpoint reached the store; the beat's sweep (on ``api``) sends
+the job again and ``w2``, a standby worker, resumes it from that checkpoint, then builds an index
+that ``api`` searches and embeds with. (A takeover by a worker's start, rather than by the sweep,
+is test_artifact_store_s3.py's.)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,11 +85,18 @@ def _start_redis(svc: Host, redis_server: str, workdir: Path) -> str:
     return f"redis://{svc.addr}:{REDIS_PORT}/0"
 
 
-def _start_s3(svc: Host) -> S3Server:
+def _launch_s3(svc: Host) -> tuple[subprocess.Popen, S3Server]:
+    """moto's S3 server on ``svc``; not waited for here (its start overlaps PostgreSQL's and Redis's)."""
     proc = svc.popen("s3", [sys.executable, "-m", "moto.server", "-H", svc.addr, "-p", str(S3_PORT)])
-    s3 = S3Server(f"http://{svc.addr}:{S3_PORT}", "retune-multi-host")
-    svc.wait_ready("s3", proc, lambda: bool(s3.client().create_bucket(Bucket=s3.bucket)))
-    return s3
+    return proc, S3Server(f"http://{svc.addr}:{S3_PORT}", "retune-multi-host")
+
+
+def _retune(host: Host, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return host.popen(name, [sys.executable, "-m", "app.cli", *args], env, cwd=ROOT)
+
+
+def _logged(host: Host, name: str, needle: str) -> bool:
+    return needle in host.log(name).read_text(errors="replace")
 
 
 @dataclass
@@ -98,13 +107,10 @@ class Cluster:
     env: dict[str, str]
     tmp: Path
 
-    def start_worker(self, name: str) -> tuple[Host, Path]:
-        """A worker alone on a new host with an empty data dir; returns once Celery says it is ready."""
-        host, data_dir = self.net.add_host(name), self.tmp / name
-        cmd = [sys.executable, "-m", "app.cli", "worker"]
-        proc = host.popen("worker", cmd, self.env | {"RETUNE_DATA_DIR": str(data_dir)}, cwd=ROOT)
-        host.wait_ready("worker", proc, lambda: " ready." in host.log("worker").read_text(errors="replace"), 120)
-        return host, data_dir
+    def start_worker(self, name: str) -> tuple[Host, subprocess.Popen]:
+        """A worker alone on a new host with an empty data dir (``tmp/NAME``); not waited for."""
+        host = self.net.add_host(name)
+        return host, _retune(host, "worker", ["worker"], self.env | {"RETUNE_DATA_DIR": str(self.tmp / name)})
 
     def keys(self, under: str) -> list[str]:
         pages = self.s3.client().get_paginator("list_objects_v2").paginate(Bucket=self.s3.bucket, Prefix=under)
@@ -117,76 +123,95 @@ class Cluster:
         return subprocess.run(argv, capture_output=True).returncode == 0
 
 
-def _start_api(net: Network, env: dict[str, str], data_dir: Path) -> Service:
-    api = net.add_host("api")
-    env = env | {"RETUNE_DATA_DIR": str(data_dir), "RETUNE_HOST": api.addr, "RETUNE_PORT": str(API_PORT)}
-    proc = api.popen("api", [sys.executable, "-m", "app.cli", "serve", "--no-worker"], env, cwd=ROOT)
-    url = f"http://{api.addr}:{API_PORT}"
+def _wait_worker(host: Host, proc: subprocess.Popen) -> None:
+    host.wait_ready("worker", proc, lambda: _logged(host, "worker", " ready."), timeout=180)
+
+
+def _launch_api_and_beat(net: Network, env: dict[str, str], data_dir: Path) -> tuple[Service, Callable[[], None]]:
+    """The API alone, and the deployment's one beat (it sends the recovery sweep), on host ``api``;
+    returns the API and a function that waits until both are up (so other starts can overlap them)."""
+    host = net.add_host("api")
+    env = env | {"RETUNE_DATA_DIR": str(data_dir), "RETUNE_HOST": host.addr, "RETUNE_PORT": str(API_PORT)}
+    proc, beat = _retune(host, "api", ["serve", "--no-worker"], env), _retune(host, "beat", ["beat"], env)
+    url = f"http://{host.addr}:{API_PORT}"
     client = httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, trust_env=False)
-    api.wait_ready("api", proc, lambda: client.get("/health").status_code == 200, 120)
-    return Service("netns", url, data_dir, client, api.log("api"))
+
+    def wait() -> None:
+        host.wait_ready("api", proc, lambda: client.get("/health").status_code == 200, 180)
+        host.wait_ready("beat", beat, lambda: _logged(host, "beat", "beat: Starting"), 180)
+
+    return Service("netns", url, data_dir, client, host.log("api")), wait
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """svc (PostgreSQL, Redis, S3), api (API + beat) and w1 (a worker), all started and ready."""
     bindir, redis_server = _tools()
     tmp = tmp_path_factory.mktemp("hosts")
     workdir = Path(tempfile.mkdtemp(prefix="retune-svc-"))  # outside pytest's root-only tmp: postgres reads it
     net = Network(tmp)
     try:
         svc = net.add_host("svc")
-        s3 = _start_s3(svc)
+        s3_proc, s3 = _launch_s3(svc)
         env = {
             **os.environ,
             **s3.env("retune"),
             "RETUNE_DATABASE_URL": _start_postgres(svc, bindir, workdir, str(net.subnet)),
             "RETUNE_BROKER_URL": _start_redis(svc, redis_server, workdir),
             "RETUNE_BOOTSTRAP_KEY": ADMIN_KEY,
-            "RETUNE_JOB_STALE_SECONDS": "3",
+            "RETUNE_JOB_STALE_SECONDS": "5",
+            "RETUNE_RECOVERY_INTERVAL_SECONDS": "1",
             "RETUNE_WORKER_CONCURRENCY": "1",
             "HF_HUB_OFFLINE": "1",
         }
-        api = _start_api(net, env, tmp / "api")
-        yield Cluster(net, api, s3, env, tmp)
+        svc.wait_ready("s3", s3_proc, lambda: bool(s3.client().create_bucket(Bucket=s3.bucket)))
+        api, wait_api = _launch_api_and_beat(net, env, tmp / "api")
+        cluster = Cluster(net, api, s3, env, tmp)
+        w1 = cluster.start_worker("w1")  # its start overlaps the API's
+        wait_api()
+        _wait_worker(*w1)
+        yield cluster
     finally:
         net.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _train_across_a_lost_host(cluster: Cluster, dataset_id: str) -> tuple[dict, Path, Path]:
-    """The job starts on w1; once a checkpoint is in the store w1 loses power; w2 finishes it."""
-    w1, w1_dir = cluster.start_worker("w1")
+def _train_across_a_lost_host(cluster: Cluster, dataset_id: str) -> dict:
+    """The job starts on w1, a standby worker starts on w2; once a checkpoint is in the store, w1 loses
+    power. The beat's sweep finds the job's heartbeat stale and sends it again: w2 resumes it."""
+    api, w1 = cluster.api, cluster.net.hosts["w1"]
     body = {"kind": "embedder", "dataset_id": dataset_id, "eval": SMALL_EVAL, "params": PARAMS}
-    job = cluster.api.client.post("/jobs", json=body).json()
+    job = api.client.post("/jobs", json=body).json()
+    api.wait_for(f"/jobs/{job['id']}", lambda j: j["status"] != "queued", timeout=60, interval=0.2)
+    w2 = cluster.start_worker("w2")  # after w1 took the job: nothing but the sweep can give it to w2
     pattern = re.compile(rf"retune/work/{job['id']}/checkpoint-\d+/{MANIFEST}")
-    cluster.api.wait_for(
+    api.wait_for(
         f"/jobs/{job['id']}",
         lambda j: job_finished(j) or any(pattern.fullmatch(k) for k in cluster.keys(f"retune/work/{job['id']}/")),
-        timeout=120,
+        timeout=180,
         interval=0.2,
     )
     w1.kill_all()
     assert not w1.pids()
-    killed_at = cluster.api.client.get(f"/jobs/{job['id']}").json()
+    killed_at = api.client.get(f"/jobs/{job['id']}").json()
     assert killed_at["status"] == "running" and killed_at["step"] < PARAMS["max_steps"], killed_at
 
-    w2, w2_dir = cluster.start_worker("w2")
-    final = cluster.api.wait_for(f"/jobs/{job['id']}", job_finished, timeout=120)
-    assert final["status"] == "succeeded", (final, log_tail(w2.log("worker")))
-    return final, w1_dir, w2_dir
+    _wait_worker(*w2)
+    final = api.wait_for(f"/jobs/{job['id']}", job_finished, timeout=180)
+    assert final["status"] == "succeeded", (final, log_tail(w2[0].log("worker")))
+    return final
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_job_survives_its_host_and_another_host_serves_the_model(cluster: Cluster) -> None:
-    api, client = cluster.api, cluster.api.client
-    api_host = cluster.net.hosts[1]
-    assert not cluster.reaches(api_host, "127.0.0.1", 5432), "the machine's PostgreSQL must be out of reach"
-    assert cluster.reaches(api_host, cluster.net.hosts[0].addr, PG_PORT)
+    api, client, hosts = cluster.api, cluster.api.client, cluster.net.hosts
+    assert not cluster.reaches(hosts["api"], "127.0.0.1", 5432), "the machine's PostgreSQL must be out of reach"
+    assert cluster.reaches(hosts["api"], hosts["svc"].addr, PG_PORT)
 
     upload = scifact_slice_zip(n_train=16, n_test=8, n_distractors=16)
     dataset_id = upload_dataset(api, upload, "scifact-slice.zip")["id"]
-    job, w1_dir, w2_dir = _train_across_a_lost_host(cluster, dataset_id)
+    job = _train_across_a_lost_host(cluster, dataset_id)
     assert job["attempts"] == 2
     assert "fetched the checkpoint at step" in job["message"]
     assert "resumed from checkpoint at step" in job["message"]
@@ -202,6 +227,7 @@ def test_job_survives_its_host_and_another_host_serves_the_model(cluster: Cluste
     vectors = client.post("/v1/embeddings", json=body).json()["data"]
     assert len(vectors) == 2 and len(vectors[0]["embedding"]) == 384
 
+    w1_dir, w2_dir = cluster.tmp / "w1", cluster.tmp / "w2"
     for data_dir in (api.data_dir, w1_dir, w2_dir):
         _only_cache(data_dir)
     assert any(p.name.startswith(f"indexes__{index['id']}--") for p in _cached(api.data_dir))
