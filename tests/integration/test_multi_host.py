@@ -149,7 +149,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     bindir, redis_server = _tools()
     tmp = tmp_path_factory.mktemp("hosts")
     workdir = Path(tempfile.mkdtemp(prefix="retune-svc-"))  # outside pytest's root-only tmp: postgres reads it
-    net = Network(tmp)
+    try:
+        net = Network(tmp)
+    except RuntimeError as error:  # root without CAP_NET_ADMIN, as in an unprivileged container
+        shutil.rmtree(workdir, ignore_errors=True)
+        missing(f"cannot make network interfaces here: {error}")
     try:
         svc = net.add_host("svc")
         s3_proc, s3 = _launch_s3(svc)
@@ -219,13 +223,13 @@ def test_job_survives_its_host_and_another_host_serves_the_model(cluster: Cluste
     assert [p["step"] for p in points if p["name"] == "loss"] == list(range(1, PARAMS["max_steps"] + 1))
 
     index = client.post("/indexes", json={"dataset_id": dataset_id, "model_id": job["model_id"]}).json()
+    body = {"model": job["model_id"], "input": ["vitamin D", "bone density"], "encoding_format": "float"}
+    vectors = client.post("/v1/embeddings", json=body).json()["data"]  # while w2 builds the index
+    assert len(vectors) == 2 and len(vectors[0]["embedding"]) == 384
     index = api.wait_for(f"/indexes/{index['id']}", lambda i: i["status"] != "building", timeout=120)
     assert index["status"] == "ready", index
     hits = client.post("/search", json={"index_id": index["id"], "query": "vitamin D", "top_k": 5}).json()
     assert len(hits["results"]) == 5 and all(hit["text"] for hit in hits["results"])
-    body = {"model": job["model_id"], "input": ["vitamin D", "bone density"], "encoding_format": "float"}
-    vectors = client.post("/v1/embeddings", json=body).json()["data"]
-    assert len(vectors) == 2 and len(vectors[0]["embedding"]) == 384
 
     w1_dir, w2_dir = cluster.tmp / "w1", cluster.tmp / "w2"
     for data_dir in (api.data_dir, w1_dir, w2_dir):
