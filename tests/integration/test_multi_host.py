@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -42,6 +43,10 @@ def _tools() -> tuple[Path, str]:
     initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not initdb:
         missing("PostgreSQL's server binaries (/usr/lib/postgresql/*/bin/initdb) are not installed")
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        missing("no `postgres` user to run PostgreSQL's server as")
     if not (redis := shutil.which("redis-server")):
         missing("redis-server is not installed")
     return Path(initdb[-1]).parent, redis
