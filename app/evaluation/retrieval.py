@@ -40,6 +40,22 @@ class CorpusVectors:
     vectors: np.ndarray
     doc_ids: list[str]
 
+    def restricted_to(self, doc_ids: list[str]) -> CorpusVectors | None:
+        """The rows of ``doc_ids``, in that order; None when one of them was not encoded here."""
+        row_of = {doc: row for row, doc in enumerate(self.doc_ids)}
+        if any(doc not in row_of for doc in doc_ids):
+            return None
+        return CorpusVectors(self.vectors[[row_of[doc] for doc in doc_ids]], list(doc_ids))
+
+
+@dataclass
+class KnownVectors:
+    """A corpus already encoded by the same model and configuration (an index's rows): a job that would
+    encode it again takes these instead. ``source`` names where they came from, for the job's messages."""
+
+    encoded: CorpusVectors
+    source: str
+
 
 def encode_corpus(
     model: SentenceTransformer,

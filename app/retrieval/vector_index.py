@@ -90,6 +90,13 @@ class VectorIndex:
             for row_ids, row_scores in zip(rows, scores, strict=True)
         ]
 
+    def vectors(self) -> np.ndarray:
+        """Every row's vector, in ``doc_ids`` order. All three kinds keep the vectors uncompressed (flat
+        storage), so these are the vectors the index was built from, bit for bit."""
+        if self.kind == "ivf":
+            faiss.extract_index_ivf(self.index).make_direct_map()
+        return self.index.reconstruct_n(0, self.index.ntotal)
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(directory / INDEX_FILE))

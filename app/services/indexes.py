@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -156,6 +157,12 @@ def build_index(index_id: str, settings: Settings | None = None) -> None:
         return
     with Heartbeat(index_id, interval=max(1.0, settings.job_stale_seconds / 4), table=Index):
         _build_claimed(index_id, settings)
+
+
+def load_index_dir(directory: Path) -> tuple[VectorIndex, EmbedderConfig]:
+    """A built index's folder: the vectors and the embedder settings they were encoded with."""
+    meta = json.loads((directory / META_FILE).read_text())
+    return VectorIndex.load(directory), EmbedderConfig.from_dict(meta["embedder_config"])
 
 
 def _progress(index_id: str, done: int, total: int) -> None:

@@ -24,6 +24,7 @@ from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.services import events, memory_guard, storage
 from app.services.artifacts import ArtifactStore
+from app.services.corpus_reuse import index_vectors
 from app.services.datasets import store_training_examples
 from app.services.job_observer import SqlObserver
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
@@ -267,6 +268,7 @@ def _train_and_publish(
         outcome = train_reranker(
             base_path, data, RerankerParams(**job.params), work_dir, observer, device,
             candidate_path, candidate_config, candidate_ref, on_checkpoint=push,
+            known_vectors=index_vectors(settings, job.dataset_id, candidate_row and candidate_row.id, candidate_config),
         )  # fmt: skip
     if not outcome.model_dir.exists():
         raise RuntimeError("training finished without an evaluated model to keep")

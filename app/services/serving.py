@@ -8,7 +8,6 @@ loaded model comes with its batcher (app.retrieval.batcher): concurrent requests
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +24,7 @@ from app.retrieval.quantization import maybe_int8
 from app.retrieval.reranker import default_rerank_batch_size, ensure_trained_head, load_reranker, rerank_batcher
 from app.retrieval.vector_index import VectorIndex
 from app.services import storage
-from app.services.indexes import META_FILE
+from app.services.indexes import load_index_dir
 from app.services.models import model_path
 
 if TYPE_CHECKING:
@@ -42,11 +41,6 @@ def loaded_cache(settings: Settings) -> LoadedCache:
     return _cache(settings.model_cache_size + 4)
 
 
-def _load_index(directory: str) -> tuple[VectorIndex, EmbedderConfig]:
-    meta = json.loads((Path(directory) / META_FILE).read_text())
-    return VectorIndex.load(Path(directory)), EmbedderConfig.from_dict(meta["embedder_config"])
-
-
 def _load_checked_reranker(path: str, name: str, device: str, max_length: int | None, force: bool) -> CrossEncoder:
     if not force:
         ensure_trained_head(path, name)
@@ -56,7 +50,7 @@ def _load_checked_reranker(path: str, name: str, device: str, max_length: int | 
 def index(settings: Settings, row: Index) -> tuple[VectorIndex, EmbedderConfig]:
     """A built index and the embedder settings it was built with."""
     index_dir = str(storage.local_copy(settings, row.path))
-    return loaded_cache(settings).get(("index", index_dir), lambda: _load_index(index_dir))
+    return loaded_cache(settings).get(("index", index_dir), lambda: load_index_dir(Path(index_dir)))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.evaluation.metrics import mean_metrics, per_query_metrics
-from app.evaluation.retrieval import best_fusion_weight, encode_corpus, evaluate_queries, evaluate_reranker
+from app.evaluation.retrieval import (
+    CorpusVectors,
+    KnownVectors,
+    best_fusion_weight,
+    encode_corpus,
+    evaluate_queries,
+    evaluate_reranker,
+)
 from app.evaluation.verdict import Verdict, judge
 from app.retrieval.embedder import EmbedderConfig, encode_queries, load_embedder, passage_text
 from app.retrieval.reranker import HEAD_PATTERN, load_reranker, untrained_head_weights
@@ -115,9 +122,11 @@ def train_reranker(
     candidate_config: EmbedderConfig,
     candidate_id: str | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    known_vectors: Callable[[], KnownVectors | None] | None = None,
 ) -> TrainingOutcome:
     """``candidate_id``: the first-stage embedder's registered id (the calibration records it);
-    ``on_checkpoint(step)``: called after each checkpoint is saved in ``work_dir``."""
+    ``on_checkpoint(step)``: called after each checkpoint is saved in ``work_dir``;
+    ``known_vectors``: asked once, by a first attempt, for the corpus as the candidate already encoded it."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +137,7 @@ def train_reranker(
     if state is None or rows is None or runs is None or resume_from is None:
         resume_from, state = None, None
         rows, runs, first_metrics, base_test = _start(data, params, device, candidate_path, candidate_config,
-                                                      observer, work_dir)  # fmt: skip
+                                                      observer, work_dir, known_vectors)  # fmt: skip
     else:  # resuming: the first stage was measured and the rows built by the first attempt
         first_metrics, base_test = state.base_metrics, state.base_test
 
@@ -201,9 +210,11 @@ def _start(
     candidate_config: EmbedderConfig,
     observer: TrainingObserver,
     work_dir: Path,
+    known_vectors: Callable[[], KnownVectors | None] | None = None,
 ) -> tuple[dict[str, list[Any]], dict[str, dict[str, dict[str, float]]], dict[str, float], dict]:
     """A first attempt: the first stage on validation and test (the base: measured once here), the rows."""
-    first = _first_stage(data, params, device, candidate_path, candidate_config, observer.should_stop)
+    encoded = _reused_encoding(known_vectors, data, observer)
+    first = _first_stage(data, params, device, candidate_path, candidate_config, observer.should_stop, encoded)
     runs = {VALIDATION_ROLE: first.run, TEST_ROLE: first.test_run}
     save_first_stage_run(work_dir, runs)
     rows = _training_rows(
@@ -215,6 +226,20 @@ def _start(
         for name, value in metrics.items():
             observer.on_metric(0, 0.0, name, value, data.split(role, "/first_stage"))
     return rows, runs, first.metrics, first.test_per_query
+
+
+def _reused_encoding(
+    known_vectors: Callable[[], KnownVectors | None] | None, data: PreparedData, observer: TrainingObserver
+) -> CorpusVectors | None:
+    """The candidate's vectors of this job's corpus when they exist already (an index of the same model
+    over the same dataset): encoding the corpus is most of a reranker job's step 0 on a CPU."""
+    known = known_vectors() if known_vectors is not None else None
+    encoded = known.encoded.restricted_to(list(data.corpus)) if known is not None else None
+    if known is not None and encoded is None:
+        observer.on_message(f"first stage: {known.source} lacks some of this job's passages; encoding the corpus")
+    elif encoded is not None:
+        observer.on_message(f"first stage: reused the vectors of {known.source} ({len(encoded.doc_ids)} passages)")
+    return encoded
 
 
 def _evaluate_on_validation(model: CrossEncoder, run: _Run, step: int, epoch: float) -> None:
@@ -343,11 +368,15 @@ def _first_stage(
     candidate_path: str,
     candidate_config: EmbedderConfig,
     should_stop: Callable[[], bool] | None = None,
+    encoded: CorpusVectors | None = None,
 ) -> FirstStage:
-    """One corpus encoding gives the evaluation candidates (and their metrics), the training negatives
-    and the first stage's scores of the training passages (the teacher, for ``first_stage_temperature``)."""
+    """One corpus encoding (``encoded`` when it exists already) gives the evaluation candidates (and their
+    metrics), the training negatives and the first stage's scores of the training passages (the teacher,
+    for ``first_stage_temperature``)."""
     embedder = load_embedder(candidate_path, device, candidate_config.max_seq_length)
-    encoded = encode_corpus(embedder, candidate_config, data.corpus, should_stop, "the step-0 (first-stage) evaluation")
+    if encoded is None:
+        stage = "the step-0 (first-stage) evaluation"
+        encoded = encode_corpus(embedder, candidate_config, data.corpus, should_stop, stage)
     # At least 100 candidates, so recall@100 is recall at 100 (the reranker reorders the top recall_k).
     depth = max(params.recall_k, 100)
     first = evaluate_queries(

@@ -126,6 +126,13 @@ def test_upload_finetune_watch_index_search(service: Service, scifact_zip: bytes
     assert {"score_std", "positive_share", "collapsed"} <= {p["name"] for p in rr_points}
     assert {p["name"] for p in rr_points if p["split"] == "test/first_stage"} >= HEADLINE
     assert {p["name"] for p in rr_points if p["split"] == "test/fused"} >= HEADLINE  # the order search serves
+    # The index of its candidate over this dataset gave the first stage's vectors (no second encoding):
+    # the first stage's test figures are the embedder job's own figures for its chosen model.
+    assert f"reused the vectors of index {index['id']}" in rr_job["message"], rr_job["message"]
+    chosen_test = {p["name"]: p["value"] for p in points if p["split"] == "test" and p["step"] == test_steps[1]}
+    first_stage = {p["name"]: p["value"] for p in rr_points if p["split"] == "test/first_stage"}
+    for name in sorted(HEADLINE):
+        assert first_stage[name] == pytest.approx(chosen_test[name], abs=1e-6), (name, first_stage, chosen_test)
     reranker_id = rr_job["model_id"]
     assert {m["id"]: m for m in client.get("/models").json()}[reranker_id]["kind"] == "reranker"
     _chained_reranker_starts_where_the_first_ended(service, dataset["id"], model_id, reranker_id, rr_points)

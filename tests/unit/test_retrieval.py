@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.evaluation.retrieval import CorpusVectors
 from app.ingest import Document
 from app.retrieval.cache import LoadedCache
 from app.retrieval.embedder import EmbedderConfig, passage_text
@@ -77,6 +78,20 @@ def test_vector_index_save_load_round_trip(toy_index, tmp_path: Path):
     assert loaded.doc_ids == doc_ids
     assert len(loaded) == len(index) and loaded.dim == index.dim
     assert loaded.search(queries, 25) == index.search(queries, 25)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_vector_index_gives_back_the_vectors_it_was_built_from(toy_index, tmp_path: Path, kind: str):
+    """A job reuses an index's rows instead of encoding the corpus again: they must be the same vectors."""
+    corpus, _, doc_ids, _ = toy_index
+    VectorIndex.build(corpus, doc_ids, kind).save(tmp_path / kind)
+    loaded = VectorIndex.load(tmp_path / kind)
+    np.testing.assert_array_equal(loaded.vectors(), corpus)
+    encoded = CorpusVectors(loaded.vectors(), loaded.doc_ids)
+    subset = encoded.restricted_to(["doc-7", "doc-2"])
+    assert subset is not None and subset.doc_ids == ["doc-7", "doc-2"]
+    np.testing.assert_array_equal(subset.vectors, corpus[[7, 2]])
+    assert encoded.restricted_to(["doc-2", "not-indexed"]) is None
 
 
 # ---------------------------------------------------------------- LoadedCache
