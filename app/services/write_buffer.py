@@ -100,7 +100,7 @@ class WriteBuffer:
 
     def _wait_for_room(self) -> None:
         """The buffer is full: the caller waits for the database rather than anything being dropped."""
-        log.warning("%d writes buffered, the bound: training waits for the database (up to %.0f s)",
+        log.warning("%d writes buffered, past the bound: training waits for the database (up to %.0f s)",
                     len(self._pending), self.full_wait_seconds)  # fmt: skip
         if not self.drain(self.full_wait_seconds):
             raise DatabaseUnreachable(
