@@ -74,6 +74,13 @@ class Settings(BaseSettings):
         description="How long a worker waits for an unreachable database to record a job's end (its status, its "
         "model) before leaving the job, checkpoint kept, to the recovery sweep. Training itself never waits.",
     )
+    db_outage_buffer_writes: int = Field(
+        100_000,
+        ge=1,
+        description="Writes (metric points, events) a worker keeps for one job while the database is unreachable; "
+        "progress updates replace each other. Past it training waits for the database (RETUNE_DB_OUTAGE_SECONDS), "
+        "then the job is left, checkpoint kept, to the recovery sweep.",
+    )
 
     gpu_queue: str | None = Field(None, description="Celery queue of training jobs; default: RETUNE_QUEUE.")
     cpu_queue: str | None = Field(

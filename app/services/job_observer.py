@@ -29,11 +29,18 @@ class SqlObserver:
     ``attempt``: the job's ``attempts`` when this worker claimed it; writes stop once it changes.
     """
 
-    def __init__(self, job_id: str, attempt: int | None = None, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        attempt: int | None = None,
+        poll_seconds: float = 1.0,
+        max_buffered: int = 100_000,
+        full_wait_seconds: float = 600.0,
+    ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.poll_seconds = poll_seconds
-        self.buffer = WriteBuffer(self._owns, retry_seconds=poll_seconds)
+        self.buffer = WriteBuffer(self._owns, poll_seconds, max_buffered, full_wait_seconds)
         self._last_poll = 0.0
         self._stop = False
         # Metrics of one (step, split) become one "metrics" event, written when the next group starts.
@@ -75,7 +82,7 @@ class SqlObserver:
 
     def on_progress(self, step: int, total_steps: int) -> None:
         self._flush_metrics()
-        self.buffer.add(partial(_set_progress, self.job_id, step, total_steps))
+        self.buffer.add(partial(_set_progress, self.job_id, step, total_steps), replaces="progress")
 
     def should_stop(self) -> bool:
         now = time.monotonic()
@@ -110,7 +117,7 @@ class SqlObserver:
         self._flush_metrics()
         error = fields.get("error")
         detail = str(error).splitlines()[0] if error else None
-        self.buffer.add(partial(_finish, self.job_id, status, event_key(), detail, utcnow(), fields))
+        self.buffer.add(partial(_finish, self.job_id, status, event_key(), detail, utcnow(), fields), send=False)
         return self.buffer.drain(wait_seconds) and not self.lost
 
 

@@ -194,7 +194,8 @@ def _run_claimed(job: Job, settings: Settings) -> None:
     """The work dir (checkpoints, here and in the store) goes only when the job succeeded: a failed or
     cancelled job keeps it for ``POST /jobs/{id}/retry``, and a job left running (database unreachable,
     taken over) resumes from it, on this machine or another."""
-    observer = SqlObserver(job.id, job.attempts)
+    observer = SqlObserver(job.id, job.attempts, max_buffered=settings.db_outage_buffer_writes,
+                           full_wait_seconds=settings.db_outage_seconds)  # fmt: skip
     store = storage.store(settings)
     work_dir = store.work_dir(job.id)
     ended = "left running"

@@ -12,6 +12,13 @@ sending the queue again then writes nothing twice. A ``guard`` runs first in eac
 the job is no longer this attempt's (the recovery sweep gave it to another worker, or ended it while
 this worker was cut off), the queue is dropped and ``lost`` is set, so the old attempt stops writing.
 
+The queue is bounded (``max_pending`` writes, RETUNE_DB_OUTAGE_BUFFER_WRITES), losing nothing: a write
+that only sets a current value (the progress) replaces its unsent predecessor, so a long outage queues
+metric points and events, not one progress update per step; a write past the bound makes the caller
+(the training loop) wait for the database, up to ``full_wait_seconds`` (RETUNE_DB_OUTAGE_SECONDS), with
+everything kept. Still unreachable after that, it raises :class:`DatabaseUnreachable`: the attempt ends
+as at a job's end past the same wait, the job stays ``running`` with its checkpoint for the recovery sweep.
+
 No library offers this for SQLAlchemy sessions (an outbox table would need the database that is
 down), hence the small class.
 """
@@ -54,11 +61,20 @@ class ClaimLost(RuntimeError):
 
 
 class WriteBuffer:
-    def __init__(self, guard: Callable[[Session], bool], retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        guard: Callable[[Session], bool],
+        retry_seconds: float = 1.0,
+        max_pending: int = 100_000,
+        full_wait_seconds: float = 600.0,
+    ) -> None:
         self.guard = guard
         self.retry_seconds = retry_seconds
+        self.max_pending = max_pending
+        self.full_wait_seconds = full_wait_seconds
         self.lost = False
         self._pending: list[Write] = []
+        self._latest: dict[str, Write] = {}  # unsent writes that a newer one of the same key makes useless
         self._retry_at = 0.0
         self._unreachable_since: float | None = None
 
@@ -66,13 +82,34 @@ class WriteBuffer:
     def pending(self) -> int:
         return len(self._pending)
 
-    def add(self, write: Write, send: bool = True) -> None:
+    def add(self, write: Write, send: bool = True, replaces: str | None = None) -> None:
         """Queue one write and send the queue now (unless the database was just found unreachable);
-        ``send=False`` only queues it, to commit it with the next write."""
-        if not self.lost:
-            self._pending.append(write)
-            if send:
-                self.flush()
+        ``send=False`` only queues it, to commit it with the next write (and never waits on the bound).
+        ``replaces``: the write sets a current value named so; an unsent one of that name is dropped."""
+        if self.lost:
+            return
+        if replaces is not None:
+            if (older := self._latest.pop(replaces, None)) is not None:
+                self._pending.remove(older)
+            self._latest[replaces] = write
+        self._pending.append(write)
+        if send and len(self._pending) > self.max_pending:
+            self._wait_for_room()
+        elif send:
+            self.flush()
+
+    def _wait_for_room(self) -> None:
+        """The buffer is full: the caller waits for the database rather than anything being dropped."""
+        log.warning("%d writes buffered, past the bound: training waits for the database (up to %.0f s)",
+                    len(self._pending), self.full_wait_seconds)  # fmt: skip
+        if not self.drain(self.full_wait_seconds):
+            raise DatabaseUnreachable(
+                f"the database stayed unreachable for {self.full_wait_seconds:.0f} s with {len(self._pending)} "
+                "writes buffered: the job is left to the recovery sweep, which resumes it from its checkpoint"
+            )
+
+    def _clear(self) -> None:
+        self._pending, self._latest = [], {}
 
     def flush(self, force: bool = False) -> bool:
         """True when nothing is left to send."""
@@ -89,12 +126,13 @@ class WriteBuffer:
                     write(s)
         except ClaimLost:
             log.warning("the job is no longer this attempt's: %d buffered write(s) dropped", len(self._pending))
-            self.lost, self._pending = True, []
+            self.lost = True
+            self._clear()
             return True
         except Exception as exc:
             if not is_unreachable(exc):  # a real error (a constraint, a bug): sending it again would fail again
                 log.error("a write of the job failed: %d buffered write(s) dropped", len(self._pending))
-                self._pending = []
+                self._clear()
                 raise
             if self._unreachable_since is None:
                 self._unreachable_since = now
@@ -105,7 +143,7 @@ class WriteBuffer:
             log.warning("database back after %.1f s: %d buffered write(s) sent", now - self._unreachable_since,
                         len(self._pending))  # fmt: skip
             self._unreachable_since = None
-        self._pending = []
+        self._clear()
         return True
 
     def drain(self, timeout: float) -> bool:

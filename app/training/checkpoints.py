@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "retune_state.json"
 ROWS_FILE = "train_rows.json"
 FIRST_STAGE_FILE = "first_stage_run.json"
+BEST_DIR = "best"
 
 
 def trainer_dir(work_dir: Path) -> Path:
@@ -52,6 +54,50 @@ def last_checkpoint(work_dir: Path) -> str | None:
         log.warning("checkpoint %s is partial (its worker died while writing it): using the previous one", found)
         shutil.rmtree(found)
     return found
+
+
+def chosen_dir(work_dir: Path) -> Path:
+    """The folder of the best evaluated state, after undoing a swap a killed worker left half done."""
+    path = work_dir / BEST_DIR
+    recover_dir(path)
+    return path
+
+
+def _staged(target: Path) -> Path:
+    return target.with_name(f"{target.name}.partial")
+
+
+def _previous(target: Path) -> Path:
+    return target.with_name(f"{target.name}.previous")
+
+
+def replace_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Make ``target`` the folder ``write`` fills, whole or not at all.
+
+    ``save_pretrained`` overwrites a folder file by file: a worker killed in the middle left old and new
+    weights together in ``best/``, which the job then published or resumed from. So ``write`` fills a
+    staging folder beside it, which takes the old folder's place by two renames; a kill at any point
+    leaves the old folder, the new one, or the old one moved aside, which :func:`recover_dir` puts back.
+    A file where the folder goes is an error (``NotADirectoryError``), as it was for the in-place save.
+    """
+    staged, previous = _staged(target), _previous(target)
+    shutil.rmtree(staged, ignore_errors=True)
+    write(staged)
+    if target.is_dir():
+        shutil.rmtree(previous, ignore_errors=True)
+        target.rename(previous)
+    staged.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def recover_dir(target: Path) -> None:
+    """After a kill inside :func:`replace_dir`: the old folder back if the new one never took its place,
+    and no staging folder left (it would be uploaded with the checkpoints)."""
+    previous = _previous(target)
+    if not target.exists() and previous.is_dir():
+        previous.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
+    shutil.rmtree(_staged(target), ignore_errors=True)
 
 
 def checkpoint_step(path: str) -> int:

@@ -34,8 +34,10 @@ from app.training.callbacks import BestModel, CheckpointSaved, ObserverCallback
 from app.training.checkpoints import (
     RunState,
     checkpoint_step,
+    chosen_dir,
     last_checkpoint,
     load_rows,
+    replace_dir,
     save_rows,
     trainer_dir,
 )
@@ -157,8 +159,8 @@ def train_embedder(
     stop_if_asked(observer, "loading the model")
     base_config = base_config or saved_config(model)
     config = training_config(params, data)
-    best_dir = work_dir / "best"
-    best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))
+    best_dir = chosen_dir(work_dir)
+    best = BestModel(params.select_metric, save=lambda: replace_dir(best_dir, lambda path: model.save(str(path))))
     resume_from = last_checkpoint(work_dir)
     state = RunState.load(work_dir) if resume_from else None
     rows = load_rows(work_dir) if state else None

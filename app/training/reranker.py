@@ -38,9 +38,11 @@ from app.training.callbacks import BestModel, CheckpointSaved, ObserverCallback
 from app.training.checkpoints import (
     RunState,
     checkpoint_step,
+    chosen_dir,
     last_checkpoint,
     load_first_stage_run,
     load_rows,
+    replace_dir,
     save_first_stage_run,
     save_rows,
     trainer_dir,
@@ -147,8 +149,8 @@ def train_reranker(
     set_seed(params.seed)  # a new head is drawn at load time, before the trainer seeds anything
     model = load_reranker(base_path, device, params.max_length)
     stop_if_asked(observer, "loading the model")
-    best_dir = work_dir / "best"
-    best = BestModel(params.select_metric, save=lambda: model.save(str(best_dir)))
+    best_dir = chosen_dir(work_dir)
+    best = BestModel(params.select_metric, save=lambda: replace_dir(best_dir, lambda path: model.save(str(path))))
     best.base_value = first_metrics[params.select_metric]  # the first stage alone is the bar
     run = _Run(data, params, observer, candidate_config, first_metrics, runs, base_test,
                dict(state.fusion_weights) if state is not None else {}, best, best_dir, candidate_id)  # fmt: skip

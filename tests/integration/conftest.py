@@ -1,7 +1,12 @@
 """Start the real service (API + Celery worker, the `serve` command users run) on each backend.
 
 - ``embedded``: SQLite file + SQLAlchemy/SQLite Celery broker, nothing else running;
-- ``postgres``: the machine's PostgreSQL (a fresh database per run) + Redis (a queue per run).
+- ``postgres-s3``: the production layout: the machine's PostgreSQL (a fresh database per run) + Redis
+  (a queue per run) + an S3 store (moto's server on loopback, a fresh prefix per run).
+
+So every test on the ``service`` fixture runs once on local storage and once on S3. Tests read artifacts
+through ``Service.store`` (tests/integration/store_view.py), never from the data dir, except a host's
+scratch (``tmp/``) and a running job's work dir, which are local on both layouts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import S3Server
+from tests.integration.store_view import LocalView, S3View, store_view
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("RETUNE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -52,6 +60,7 @@ class Service:
     data_dir: Path
     client: httpx.Client
     log_path: Path
+    store: LocalView | S3View
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -164,7 +173,7 @@ def start_service(
     )
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-    service = Service(backend, url, tmp / "data", client, log_path)
+    service = Service(backend, url, tmp / "data", client, log_path, store_view(env, tmp / "data"))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -211,14 +220,19 @@ def stop_service(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="session", params=["embedded", "postgres"])
+def s3_env(s3: S3Server) -> dict[str, str]:
+    """The S3 store under a fresh prefix of the run's bucket (one per service: nothing shared between tests)."""
+    return s3.env(f"t-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="session", params=["embedded", "postgres-s3"])
 def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp(request.param)
     db_name = None
     env: dict[str, str] = {"RETUNE_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}
-    if request.param == "postgres":
+    if request.param == "postgres-s3":
         db_name, pg_env = postgres_redis_env()
-        env |= pg_env
+        env |= pg_env | s3_env(request.getfixturevalue("s3_server"))
     proc, svc = start_service(request.param, tmp, env)
     try:
         yield svc
@@ -278,3 +292,9 @@ def pg_env() -> Iterator[dict[str, str]]:
         yield env
     finally:
         drop_pg_database(db_name)
+
+
+@pytest.fixture
+def pg_s3_env(pg_env: dict[str, str], s3_server: S3Server) -> dict[str, str]:
+    """The production layout for one test: ``pg_env`` plus the S3 store under a fresh prefix."""
+    return pg_env | s3_env(s3_server)

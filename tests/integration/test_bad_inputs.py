@@ -34,7 +34,7 @@ BAD_UPLOADS = [
 
 def _state(service: Service) -> tuple[list[str], list[str], list[str]]:
     ids = sorted(d["id"] for d in service.client.get("/datasets").json())
-    stored = sorted(p.name for p in (service.data_dir / "datasets").iterdir())
+    stored = service.store.ids("datasets")
     scratch = sorted(p.name for p in (service.data_dir / "tmp").iterdir())
     return ids, stored, scratch
 
@@ -83,4 +83,4 @@ def test_bad_requests_get_clear_4xx(service: Service) -> None:
 
     assert client.delete(f"/datasets/{dataset_id}").status_code == 204
     assert client.get(f"/datasets/{dataset_id}").status_code == 404
-    assert not (service.data_dir / "datasets" / dataset_id).exists()
+    assert not service.store.leftovers(f"datasets/{dataset_id}")

@@ -93,6 +93,7 @@ def test_events_sse_resume_metrics_filters_and_job_delete(service: Service) -> N
     assert client.get(f"/jobs/{job_id}").status_code == 404
     assert client.get(f"/jobs/{job_id}/events").status_code == 404
     assert not (service.data_dir / "work" / job_id).exists()
+    assert not service.store.leftovers(f"work/{job_id}"), "nor its stored checkpoints"
     assert client.get(f"/models/{job['model_id']}").status_code == 200, "the model a deleted job made stays"
 
 
@@ -156,10 +157,10 @@ def test_index_delete_alias_conflict_and_training_file_refused(service: Service)
     assert client.delete("/aliases/to-delete").status_code == 204
     assert client.get("/aliases/to-delete").status_code == 404
     assert client.delete("/aliases/to-delete").status_code == 404
-    assert (service.data_dir / "indexes" / index["id"]).exists()
+    assert service.store.exists(f"indexes/{index['id']}")
     assert client.delete(f"/indexes/{index['id']}").status_code == 204
     assert client.get(f"/indexes/{index['id']}").status_code == 404
-    assert not (service.data_dir / "indexes" / index["id"]).exists()
+    assert not service.store.leftovers(f"indexes/{index['id']}")
 
 
 @pytest.mark.integration

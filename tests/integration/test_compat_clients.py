@@ -41,7 +41,7 @@ class Tuned:
     service: Service
 
     def folder(self, model_id: str) -> str:
-        return str(self.service.data_dir / "models" / model_id)
+        return str(self.service.store.folder(f"models/{model_id}"))
 
 
 @pytest.fixture(scope="module")

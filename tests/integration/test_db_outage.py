@@ -1,4 +1,4 @@
-"""PostgreSQL unreachable for ~10 s while a job trains (PostgreSQL + Redis, the worker's connection cut by a
+"""PostgreSQL unreachable for ~10 s while a job trains (PostgreSQL + Redis + S3, the worker's connection cut by a
 TCP proxy): the job keeps training, its metrics and events wait in the worker and land once the database
 is back, in order, none lost and none twice; the job succeeds on its first attempt."""
 
@@ -24,15 +24,16 @@ CUT_SECONDS = 10
 @pytest.mark.slow
 def test_job_trains_through_a_database_outage_and_loses_no_metric(
     tmp_path: Path,
-    pg_env: dict[str, str],
+    pg_s3_env: dict[str, str],
     scifact_zip: bytes,
 ) -> None:
     proxy = TcpProxy("127.0.0.1", 5432)
     proxy.start()
-    cut_url = pg_env["RETUNE_DATABASE_URL"].replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    env = pg_env | {"RETUNE_DATA_DIR": str(tmp_path / "data")}
+    cut_url = pg_s3_env["RETUNE_DATABASE_URL"].replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    env = pg_s3_env | {"RETUNE_DATA_DIR": str(tmp_path / "data")}
     proc, service = start_service("postgres", tmp_path, env, api_only=True)  # the API reaches PostgreSQL directly
-    worker = start_worker(tmp_path, env | {"RETUNE_DATABASE_URL": cut_url})
+    worker_dir = tmp_path / "worker"  # another host: only PostgreSQL, Redis and the store are shared
+    worker = start_worker(tmp_path, env | {"RETUNE_DATABASE_URL": cut_url, "RETUNE_DATA_DIR": str(worker_dir)})
     try:
         dataset = service.client.post("/datasets", files={"file": ("s.zip", scifact_zip)}).json()
         body = {"kind": "embedder", "dataset_id": dataset["id"], "eval": SMALL_EVAL,
@@ -53,7 +54,8 @@ def test_job_trains_through_a_database_outage_and_loses_no_metric(
         assert final["status"] == "succeeded", (final, service.log_tail())
         assert final["attempts"] == 1, "the job was never failed, nor taken over"
         _assert_complete_and_once(service, final, cut_at, restored_at)
-        assert not (service.data_dir / "work" / job["id"]).exists(), "a success removes the checkpoints"
+        assert not (worker_dir / "work" / job["id"]).exists(), "a success removes the checkpoints"
+        assert not service.store.leftovers(f"work/{job['id']}"), "here and in the store"
     finally:
         proxy.stop()
         stop_service(proc)

@@ -1,4 +1,5 @@
-"""Faults against real processes on PostgreSQL + Redis (the production layout: API and worker apart)."""
+"""Faults against real processes on PostgreSQL + Redis + S3 (moto's server; the production layout: API and
+worker apart, the worker on its own data dir where the test starts it alone)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,13 @@ def _job(service: Service, dataset_id: str, **params: object) -> dict:
 
 @pytest.mark.integration
 def test_database_briefly_unreachable_gives_503_then_recovers(
-    tmp_path: Path, pg_env: dict[str, str], processes: Processes
+    tmp_path: Path, pg_s3_env: dict[str, str], processes: Processes
 ) -> None:
     proxy = TcpProxy("127.0.0.1", 5432)
     proxy.start()
-    url = pg_env["RETUNE_DATABASE_URL"].replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    url = pg_s3_env["RETUNE_DATABASE_URL"].replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     try:
-        _, service = processes.service("postgres", tmp_path, pg_env | {"RETUNE_DATABASE_URL": url})
+        _, service = processes.service("postgres", tmp_path, pg_s3_env | {"RETUNE_DATABASE_URL": url})
         assert service.client.get("/models").status_code == 200
         proxy.stop()
         down = service.client.get("/models")
@@ -58,17 +59,17 @@ def test_database_briefly_unreachable_gives_503_then_recovers(
 @pytest.mark.integration
 @pytest.mark.slow
 def test_api_restart_while_job_runs(
-    tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes, processes: Processes
+    tmp_path: Path, pg_s3_env: dict[str, str], scifact_zip: bytes, processes: Processes
 ) -> None:
-    processes.worker(tmp_path, pg_env | {"RETUNE_DATA_DIR": str(tmp_path / "data")})
-    proc, service = processes.service("postgres", tmp_path, pg_env, api_only=True)
+    processes.worker(tmp_path, pg_s3_env | {"RETUNE_DATA_DIR": str(tmp_path / "worker")})  # another host
+    proc, service = processes.service("postgres", tmp_path, pg_s3_env, api_only=True)
     dataset = upload_dataset(service, scifact_zip, "s.zip")
     job = _job(service, dataset["id"])
     service.wait_for(f"/jobs/{job['id']}", lambda j: j["step"] >= 1, timeout=300)
     stop_service(proc)  # the API goes away mid-job ...
     time.sleep(2)
     _, service = processes.service(
-        "postgres", tmp_path, pg_env | {"RETUNE_PORT": service.url.rsplit(":", 1)[1]}, api_only=True
+        "postgres", tmp_path, pg_s3_env | {"RETUNE_PORT": service.url.rsplit(":", 1)[1]}, api_only=True
     )  # ... and comes back
     final = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=300)
     assert final["status"] == "succeeded", final
@@ -84,9 +85,9 @@ def test_api_restart_while_job_runs(
 @pytest.mark.integration
 @pytest.mark.slow
 def test_two_jobs_and_searching_without_cross_talk(
-    tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes, processes: Processes
+    tmp_path: Path, pg_s3_env: dict[str, str], scifact_zip: bytes, processes: Processes
 ) -> None:
-    _, service = processes.service("postgres", tmp_path, pg_env | {"RETUNE_WORKER_CONCURRENCY": "2"})
+    _, service = processes.service("postgres", tmp_path, pg_s3_env | {"RETUNE_WORKER_CONCURRENCY": "2"})
     client = service.client
     dataset = upload_dataset(service, scifact_zip, "s.zip")
     index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": "all-MiniLM-L6-v2"}).json()
@@ -163,11 +164,11 @@ def _restart_redis() -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_redis_restart_with_idle_worker_and_with_a_queued_job(
-    tmp_path: Path, pg_env: dict[str, str], scifact_zip: bytes, processes: Processes
+    tmp_path: Path, pg_s3_env: dict[str, str], scifact_zip: bytes, processes: Processes
 ) -> None:
-    if not shutil.which("redis-server") or not pg_env["RETUNE_BROKER_URL"].startswith("redis://127.0.0.1:6379"):
+    if not shutil.which("redis-server") or not pg_s3_env["RETUNE_BROKER_URL"].startswith("redis://127.0.0.1:6379"):
         missing("needs the machine's own Redis on 127.0.0.1:6379 to restart")
-    env = pg_env | {"RETUNE_DATA_DIR": str(tmp_path / "data"), "RETUNE_REDISPATCH_SECONDS": "3",
+    env = pg_s3_env | {"RETUNE_DATA_DIR": str(tmp_path / "data"), "RETUNE_REDISPATCH_SECONDS": "3",
                     "RETUNE_RECOVERY_INTERVAL_SECONDS": "2"}  # fmt: skip
     _, service = processes.service("postgres", tmp_path, env, api_only=True)
     worker = processes.worker(tmp_path, env)
@@ -183,7 +184,7 @@ def test_redis_restart_with_idle_worker_and_with_a_queued_job(
         time.sleep(1)
         _restart_redis()  # ... and its message is lost with the restart
         queue_length = subprocess.run(
-            ["redis-cli", "-h", "127.0.0.1", "llen", pg_env["RETUNE_QUEUE"]], capture_output=True, text=True
+            ["redis-cli", "-h", "127.0.0.1", "llen", pg_s3_env["RETUNE_QUEUE"]], capture_output=True, text=True
         ).stdout.strip()
         assert queue_length == "0", "the message should really be gone"
         assert service.client.get(f"/jobs/{queued['id']}").json()["status"] == "queued"

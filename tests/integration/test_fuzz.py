@@ -17,17 +17,20 @@ from tests.integration.conftest import (
     ROOT,
     drop_pg_database,
     postgres_redis_env,
+    s3_env,
     start_service,
     stop_service,
 )
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("backend", ["embedded", "postgres"])
-def test_schemathesis_short_run(backend: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["embedded", "postgres-s3"])
+def test_schemathesis_short_run(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     # A service of its own: the fuzzer's stateful phase starts real jobs and index builds with any
     # ids it finds, which would load the shared test service for minutes.
-    db_name, env = postgres_redis_env() if backend == "postgres" else (None, {})
+    db_name, env = postgres_redis_env() if backend == "postgres-s3" else (None, {})
+    if backend == "postgres-s3":
+        env |= s3_env(request.getfixturevalue("s3_server"))
     proc, service = start_service(backend, tmp_path, env)
     try:
         result = subprocess.run(

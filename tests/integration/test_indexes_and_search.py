@@ -29,7 +29,7 @@ def _ready(service: Service, index_id: str) -> dict:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("service", ["postgres"], indirect=True)  # the production layout is enough here
+@pytest.mark.parametrize("service", ["postgres-s3"], indirect=True)  # the production layout is enough here
 def test_alias_switch_while_searching_and_batch_queries(service: Service, scifact_zip: bytes) -> None:
     client = service.client
     dataset = client.post("/datasets", files={"file": ("scifact-slice.zip", scifact_zip)}).json()

@@ -52,14 +52,14 @@ def test_mine_negatives_job_writes_a_training_dataset_that_trains(service: Servi
     assert mined["stats"]["examples"] == mined["stats"]["qrels"]["train"]["queries"] == train_queries
 
     # The stored file: every query with 2 mined negatives, scored, none of them one of its positives.
-    lines = (service.data_dir / "datasets" / mined["id"] / "train.jsonl").read_text().splitlines()
+    lines = service.store.read_text(f"datasets/{mined['id']}", "train.jsonl").splitlines()
     assert len(lines) == train_queries
     for row in map(json.loads, lines):
         assert len(row["neg"]) == len(row["neg_scores"]) == 2
         assert len(row["pos"]) == len(row["pos_scores"]) >= 1
         assert not set(row["neg"]) & set(row["pos"])
     # The mined file keeps where its queries came from: the source's query ids by text.
-    written = json.loads((service.data_dir / "datasets" / mined["id"] / "dataset.json").read_text())
+    written = json.loads(service.store.read_text(f"datasets/{mined['id']}", "dataset.json"))
     assert written["teacher_scores"] == "first_stage_cosine"
     assert len(written["source_query_ids"]) == train_queries
     assert {json.loads(line)["query"] for line in lines} == set(written["source_query_ids"])

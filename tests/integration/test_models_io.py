@@ -20,7 +20,7 @@ from tests.integration.conftest import Service, run_job
 from tests.integration.test_end_to_end import TINY_EMBEDDER, TINY_RERANKER
 
 # One backend (the production layout; the archive and upload code is the same on both): the suite stays within its time.
-pytestmark = pytest.mark.parametrize("service", ["postgres"], indirect=True)
+pytestmark = pytest.mark.parametrize("service", ["postgres-s3"], indirect=True)
 
 CARD_SECTIONS = (
     "## Training data",
@@ -78,7 +78,8 @@ def _extract(archive: bytes, dest: Path) -> Path:
 
 
 def _stored(service: Service, model_id: str) -> Path:
-    return service.data_dir / "models" / model_id
+    """The model's stored files, read through the store (downloaded from S3 on that layout)."""
+    return service.store.folder(f"models/{model_id}")
 
 
 def _chosen_metric(points: list[dict], metric: str, split: str) -> tuple[int, float]:
@@ -150,11 +151,10 @@ def test_embedder_download_loads_outside_retune_and_reproduces_its_ndcg(
     tar_dir = _extract(_download(service, model_id), tmp_path / "tar")
     zip_dir = _extract(_download(service, model_id, "zip"), tmp_path / "zip")
     texts = ["Vitamin D deficiency increases infection risk.", "Aspirin lowers the risk of stroke."]
-    expected = load_embedder(str(_stored(service, model_id)), "cpu").encode(texts, convert_to_numpy=True)
+    stored = _stored(service, model_id)
+    expected = load_embedder(str(stored), "cpu").encode(texts, convert_to_numpy=True)
     for folder in (tar_dir, zip_dir):
-        assert (folder / "model.safetensors").read_bytes() == (
-            _stored(service, model_id) / "model.safetensors"
-        ).read_bytes()
+        assert (folder / "model.safetensors").read_bytes() == (stored / "model.safetensors").read_bytes()
         got = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_numpy=True)
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
@@ -208,7 +208,7 @@ def test_reranker_download_loads_as_a_cross_encoder_with_the_same_logits(
 
 def _stored_state(service: Service) -> tuple[list[str], list[str], list[str]]:
     models = sorted(m["id"] for m in service.client.get("/models").json())
-    files = sorted(p.name for p in (service.data_dir / "models").iterdir())
+    files = service.store.ids("models")
     scratch = sorted(p.name for p in (service.data_dir / "tmp").iterdir())
     return models, files, scratch
 
@@ -299,7 +299,7 @@ def test_delete_is_refused_while_used_and_removes_everything_after(service: Serv
     client = service.client
     archive = _download(service, trained["embedder"]["model_id"])
     model_id = client.post("/models", files={"file": ("del.tar.gz", archive)}).json()["id"]
-    assert _stored(service, model_id).is_dir()
+    assert service.store.exists(f"models/{model_id}")
 
     bundled = client.delete(f"/models/{BUNDLED}")
     assert bundled.status_code == 409 and "cannot be deleted" in bundled.json()["detail"]
@@ -313,10 +313,10 @@ def test_delete_is_refused_while_used_and_removes_everything_after(service: Serv
     refused = client.delete(f"/models/{model_id}")
     assert refused.status_code == 409, refused.text
     assert f"index '{index_id}'" in refused.json()["detail"] and "alias 'models-io'" in refused.json()["detail"]
-    assert client.get(f"/models/{model_id}").status_code == 200 and _stored(service, model_id).is_dir()
+    assert client.get(f"/models/{model_id}").status_code == 200 and service.store.exists(f"models/{model_id}")
 
     unused = client.post("/models", files={"file": ("unused.tar.gz", archive)}).json()["id"]
     assert client.delete(f"/models/{unused}").status_code == 204
     assert client.get(f"/models/{unused}").status_code == 404
     assert unused not in {m["id"] for m in client.get("/models").json()}
-    assert not _stored(service, unused).exists()
+    assert not service.store.leftovers(f"models/{unused}")

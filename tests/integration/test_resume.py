@@ -1,5 +1,9 @@
 """A worker killed with SIGKILL mid-job: a new worker takes the job over and resumes it from its
-last checkpoint, with the learning-rate schedule continuing (not restarting) and no metric twice."""
+last checkpoint, with the learning-rate schedule continuing (not restarting) and no metric twice.
+
+On the local store: the new worker resumes from the killed one's work dir on the same volume. The S3
+layout of the same fault (the new worker on a fresh data dir, the checkpoint fetched from the store) is
+`test_artifact_store_s3.py::test_job_resumes_on_another_data_dir_after_its_worker_is_killed`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """A real training error fails the job and keeps its last checkpoint; `retune jobs retry ID`
-(POST /jobs/{id}/retry) queues it again and the new attempt resumes from that checkpoint."""
+(POST /jobs/{id}/retry) queues it again and the new attempt resumes from that checkpoint. On the
+production layout (PostgreSQL + Redis + S3): the checkpoint is kept in the store too, and goes with the success."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ STEPS = 4
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_failed_job_keeps_its_checkpoint_and_a_retry_resumes_from_it(tmp_path: Path, scifact_zip: bytes) -> None:
-    proc, service = start_service("embedded", tmp_path, {"RETUNE_QUEUE": f"retune-retry-{uuid.uuid4().hex[:8]}"})
+def test_failed_job_keeps_its_checkpoint_and_a_retry_resumes_from_it(
+    tmp_path: Path, scifact_zip: bytes, pg_s3_env: dict[str, str]
+) -> None:
+    proc, service = start_service("postgres-s3", tmp_path, pg_s3_env)
     try:
         _fail_then_retry(service, scifact_zip)
     finally:
@@ -39,9 +42,10 @@ def _fail_then_retry(service: Service, scifact_zip: bytes) -> None:
     (work / "best").write_text("a file where the chosen model's folder goes: saving it is an OSError")
 
     failed = service.wait_for(f"/jobs/{job['id']}", job_finished, timeout=600)
-    assert failed["status"] == "failed" and "FileExistsError" in failed["error"], failed
+    assert failed["status"] == "failed" and "NotADirectoryError" in failed["error"], failed
     checkpoint = work / "trainer" / f"checkpoint-{STEPS}"
     assert (checkpoint / "trainer_state.json").exists(), "a failure keeps the last checkpoint"
+    assert service.store.exists(f"work/{job['id']}/checkpoint-{STEPS}"), "in the store too"
     assert client.post(f"/jobs/{uuid.uuid4().hex}/retry").status_code == 404
 
     (work / "best").unlink()  # the cause is fixed; the job is retried with the CLI
@@ -57,6 +61,7 @@ def _fail_then_retry(service: Service, scifact_zip: bytes) -> None:
     statuses = [e["data"]["status"] for e in found if e["type"] == "status"]
     assert statuses == ["queued", "running", "failed", "queued", "resumed", "succeeded"], statuses
     assert not work.exists(), "a success removes the checkpoints"
+    assert not service.store.leftovers(f"work/{job['id']}"), "here and in the store"
 
     again = client.post(f"/jobs/{job['id']}/retry")
     assert again.status_code == 409 and "succeeded" in again.json()["detail"], again.text

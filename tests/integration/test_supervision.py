@@ -1,7 +1,10 @@
 """Workers that die, against real processes: the embedded `serve` restarts its worker (one beat, never
 orphaned), /health tells when no worker is alive, a job of a dead worker shows `stalled`, a cancel sent
 while the worker is dead ends the job, an index whose builder was killed is rebuilt, and a cpu-only
-worker takes mining and index builds while the gpu queue has no worker."""
+worker takes mining and index builds while the gpu queue has no worker.
+
+The `serve` and dead-worker tests run embedded (local store): they test the embedded `serve`'s own
+supervision and read its SQLite file; the cpu-only worker test runs on PostgreSQL + Redis + S3."""
 
 from __future__ import annotations
 
@@ -136,9 +139,9 @@ def test_dead_worker_degraded_health_stalled_job_and_cancel_ends_it(
 @pytest.mark.integration
 @pytest.mark.slow
 def test_cpu_only_worker_runs_mining_and_index_builds_while_training_waits(
-    tmp_path: Path, scifact_zip: bytes, pg_env: dict[str, str], processes: Processes
+    tmp_path: Path, scifact_zip: bytes, pg_s3_env: dict[str, str], processes: Processes
 ) -> None:
-    env = pg_env | FAST | {"RETUNE_DATA_DIR": str(tmp_path / "data")}
+    env = pg_s3_env | FAST | {"RETUNE_DATA_DIR": str(tmp_path / "data")}
     _, service = processes.service("postgres", tmp_path, env, api_only=True)
     client = service.client
     processes.worker(tmp_path, env | {"RETUNE_WORKER_QUEUES": "cpu"})
