@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import S3Server
 from tests.integration.conftest import (
     ADMIN_KEY,
     ROOT,
@@ -24,14 +25,13 @@ from tests.integration.conftest import (
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("backend", ["embedded", "postgres-s3"])
-def test_schemathesis_short_run(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_schemathesis_short_run(tmp_path: Path, s3_server: S3Server) -> None:
+    # One backend, the production layout (PostgreSQL + Redis + S3): the HTTP layer fuzzed here is the same
+    # code on both; what differs by backend (storage, SQL) is tested on both by the other integration tests.
     # A service of its own: the fuzzer's stateful phase starts real jobs and index builds with any
     # ids it finds, which would load the shared test service for minutes.
-    db_name, env = postgres_redis_env() if backend == "postgres-s3" else (None, {})
-    if backend == "postgres-s3":
-        env |= s3_env(request.getfixturevalue("s3_server"))
-    proc, service = start_service(backend, tmp_path, env)
+    db_name, env = postgres_redis_env()
+    proc, service = start_service("postgres-s3", tmp_path, env | s3_env(s3_server))
     try:
         result = subprocess.run(
             [
@@ -43,8 +43,7 @@ def test_schemathesis_short_run(backend: str, tmp_path: Path, request: pytest.Fi
         )  # fmt: skip
     finally:
         stop_service(proc)
-        if db_name:
-            drop_pg_database(db_name)
+        drop_pg_database(db_name)
     summary = result.stdout[-3000:]
     assert result.returncode == 0, summary
     assert " passed" in summary and "failures" not in summary.split("SUMMARY")[-1].lower(), summary
