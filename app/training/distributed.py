@@ -8,24 +8,27 @@ across the ranks (accelerate's ``split_batches``), and the loss gathers the embe
 are the single-process ones (tests/unit/test_distributed_training.py).
 
 Rank 0 runs :func:`~app.training.embedder.train_embedder` as a single process would: step 0,
-evaluations, the best model, the final test; the other ranks only train. The ranks are processes
-spawned fresh (``torch.multiprocessing``'s spawn context, so no CUDA or thread-pool state is inherited
-from the worker), and the caller's observer stays in the calling process: rank 0 sends its reports
-through a queue and reads cancellation from an event, so the observer and ``on_checkpoint`` need not
-cross a process boundary. Hand-written rather than ``torch.distributed.run``: that launcher has no
-channel back to the caller for metrics, checkpoints and the result.
+evaluations, the best model, the final test; the other ranks only train. The ranks are fresh
+interpreters (``python -m app.training.distributed RANK FD``), each holding one end of a pipe: the
+job goes down it, and rank 0's reports, checkpoints and result come back up to the caller's
+observer, which stays in the calling process (so do ``on_checkpoint`` and cancellation). Hand-written
+rather than ``torch.distributed.run`` or ``torch.multiprocessing.spawn``: the first has no channel back
+to the caller, the second cannot start from a Celery pool process (a daemonic process may not have
+multiprocessing children).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +134,7 @@ class StopTogether(TrainerCallback):
 
 @dataclass(frozen=True)
 class RankJob:
-    """What every rank gets (pickled by the spawn context)."""
+    """What every rank gets, pickled through its pipe."""
 
     base_path: str
     data: PreparedData
@@ -139,49 +142,64 @@ class RankJob:
     work_dir: Path
     base_config: EmbedderConfig | None
     plan: DevicePlan
-    port: int
     threads: int | None
     gather: bool
 
 
-class _RelayObserver:
-    """Rank 0's observer: reports go to the launcher's queue, cancellation comes from its event."""
+class _Channel:
+    """A rank's end of its pipe: reports go up; from the launcher come the job, acknowledgements and "cancel"."""
 
-    def __init__(self, reports: Any, cancel: Any) -> None:
-        self.reports, self.cancel = reports, cancel
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.cancelled = False
 
-    def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
-        self.reports.put(("metric", (step, epoch, name, value, split)))
+    def send(self, kind: str, payload: Any) -> None:
+        self.conn.send((kind, payload))
 
-    def on_progress(self, step: int, total_steps: int) -> None:
-        self.reports.put(("progress", (step, total_steps)))
+    def _read(self) -> str:
+        message = self.conn.recv()
+        if message == "cancel":
+            self.cancelled = True
+        return message
 
     def should_stop(self) -> bool:
-        return self.cancel.is_set()
+        while not self.cancelled and self.conn.poll():
+            self._read()
+        return self.cancelled
+
+    def checkpoint_saved(self, step: int) -> None:
+        """Waits until the launcher has copied checkpoint ``step`` (to the artifact store): the next save may
+        replace it."""
+        self.send("checkpoint", (step,))
+        while self._read() != "ack":
+            pass
+
+
+class _RelayObserver:
+    """Rank 0's observer: reports and cancellation go through its pipe to the launcher's observer."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self.channel = channel
+
+    def on_metric(self, step: int, epoch: float, name: str, value: float, split: str) -> None:
+        self.channel.send("metric", (step, epoch, name, value, split))
+
+    def on_progress(self, step: int, total_steps: int) -> None:
+        self.channel.send("progress", (step, total_steps))
+
+    def should_stop(self) -> bool:
+        return self.channel.should_stop()
 
     def on_resume(self, step: int) -> None:
-        self.reports.put(("resume", (step,)))
+        self.channel.send("resume", (step,))
 
     def on_message(self, text: str) -> None:
-        self.reports.put(("message", (text,)))
+        self.channel.send("message", (text,))
 
 
 def _join_world(rank: int, job: RankJob) -> World:
-    """The torchrun environment accelerate reads, then the process group (before the Trainer: rank 0 shares
-    its rows through it first)."""
-    env = {
-        "RANK": str(rank),
-        "LOCAL_RANK": str(rank),
-        "WORLD_SIZE": str(job.plan.size),
-        "LOCAL_WORLD_SIZE": str(job.plan.size),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(job.port),
-    }
-    if job.threads:
-        env["OMP_NUM_THREADS"] = str(job.threads)
-    if job.plan.visible_gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = job.plan.visible_gpus
-    os.environ.update(env)
+    """The process group, before the Trainer (rank 0 shares its rows through it first); accelerate then uses
+    it, reading the torchrun environment the launcher set."""
     import torch
     import torch.distributed as dist
 
@@ -195,32 +213,30 @@ def _join_world(rank: int, job: RankJob) -> World:
     return World(rank=rank, size=job.plan.size, backend=job.plan.backend, gather=job.gather)
 
 
-def _rank_main(rank: int, job: RankJob, reports: Any, acks: Any, cancel: Any) -> None:
-    """One rank's process. Rank 0 ends by sending ("done", outcome); any rank sends ("error", ...) on failure."""
+def rank_main(rank: int, fd: int) -> None:
+    """One rank's process (``python -m app.training.distributed RANK FD``). Rank 0 ends by sending
+    ("done", outcome); any rank sends ("error", its error) when it fails."""
+    _die_with_parent()
+    channel = _Channel(Connection(fd))
+    job: RankJob = channel.conn.recv()
     from app.training.embedder import follow_embedder, train_embedder
 
-    _die_with_parent()
     try:
         world = _join_world(rank, job)
         device = job.plan.rank_devices[rank]
         if rank == 0:
-
-            def checkpoint_saved(step: int) -> None:  # waits until the launcher has copied it
-                reports.put(("checkpoint", (step,)))
-                acks.get()
-
-            observer = _RelayObserver(reports, cancel)
             outcome = train_embedder(
-                job.base_path, job.data, job.params, job.work_dir, observer, device, job.base_config,
-                on_checkpoint=checkpoint_saved, world=world,
+                job.base_path, job.data, job.params, job.work_dir, _RelayObserver(channel), device, job.base_config,
+                on_checkpoint=channel.checkpoint_saved, world=world,
             )  # fmt: skip
-            reports.put(("done", outcome))
+            channel.send("done", outcome)
         else:
             follow_embedder(job.base_path, job.params, job.work_dir, device, world)
     except BaseException as exc:  # sent to the launcher, which raises it
-        reports.put(("error", (rank, _portable(exc))))
+        channel.send("error", _portable(exc))
     finally:
         _leave_world()
+        channel.conn.close()
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -260,6 +276,13 @@ def _die_with_parent() -> None:
 # ---------------------------------------------------------------- the launcher
 
 
+@dataclass
+class _Rank:
+    process: subprocess.Popen[bytes]
+    conn: Connection
+    open: bool = True
+
+
 def train_embedder_on_devices(
     base_path: str,
     data: PreparedData,
@@ -276,76 +299,122 @@ def train_embedder_on_devices(
     ``device``: the worker's device kind (a count of devices means GPUs when it is CUDA).
     ``threads``: torch CPU threads per rank. ``gather`` False: each rank's negatives are its own rows only
     (not what a job does; it shows what gathering changes)."""
-    import torch.multiprocessing as mp
-
     plan = plan_devices(params.devices, device)
     work_dir.mkdir(parents=True, exist_ok=True)
-    job = RankJob(base_path, data, params, work_dir, base_config, plan, _free_port(), threads, gather)
-    context = mp.get_context("spawn")
-    reports, acks, cancel = context.Queue(), context.Queue(), context.Event()
-    ranks = [
-        context.Process(target=_rank_main, args=(r, job, reports, acks, cancel), name=f"retune-rank-{r}")
-        for r in range(plan.size)
-    ]
+    job = RankJob(base_path, data, params, work_dir, base_config, plan, threads, gather)
     named = ", ".join(plan.named)
     observer.on_message(f"training on {plan.size} devices ({named}), one process each, DDP {plan.backend}")
-    for rank in ranks:
-        rank.start()
+    ranks = _start_ranks(plan, threads)
     try:
-        return _supervise(ranks, reports, acks, cancel, observer, on_checkpoint)
+        for rank in ranks:
+            rank.conn.send(job)
+        return _supervise(ranks, observer, on_checkpoint)
     finally:
         _end(ranks)
 
 
+def _start_ranks(plan: DevicePlan, threads: int | None) -> list[_Rank]:
+    """Fresh interpreters, not forks: nothing (CUDA, thread pools, a Celery pool process's daemon flag, which
+    forbids multiprocessing children) is inherited from the worker. Each gets one end of a pipe."""
+    import app
+
+    port = _free_port()
+    source = str(Path(app.__file__).resolve().parents[1])  # the ranks import the code this process runs
+    ranks = []
+    for rank in range(plan.size):
+        env = os.environ | _rank_environment(rank, plan, port, threads)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
+        ours, theirs = Pipe(duplex=True)
+        fd = theirs.fileno()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.training.distributed", str(rank), str(fd)], env=env, pass_fds=[fd]
+        )
+        theirs.close()
+        ranks.append(_Rank(process, ours))
+    return ranks
+
+
+def _rank_environment(rank: int, plan: DevicePlan, port: int, threads: int | None) -> dict[str, str]:
+    """The torchrun environment accelerate reads; the GPUs a rank sees (CUDA reads them once, at its start)."""
+    env = {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(plan.size),
+        "LOCAL_WORLD_SIZE": str(plan.size),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    if plan.visible_gpus is not None:
+        gpus = plan.visible_gpus.split(",")
+        if inherited := os.environ.get("CUDA_VISIBLE_DEVICES"):  # indexes are within the worker's own GPUs
+            gpus = [inherited.split(",")[int(i)] for i in gpus]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return env
+
+
 def _supervise(
-    ranks: list[Any],
-    reports: Any,
-    acks: Any,
-    cancel: Any,
-    observer: TrainingObserver,
-    on_checkpoint: Callable[[int], None] | None,
+    ranks: list[_Rank], observer: TrainingObserver, on_checkpoint: Callable[[int], None] | None
 ) -> TrainingOutcome:
-    """Relay rank 0's reports to ``observer`` until it is done; a rank's error, or a rank dying, ends the run."""
+    """Relay rank 0's reports to ``observer`` until it is done; a rank's error, or a rank dying, ends the run.
+    Cancellation and the ranks' health are checked every ``POLL_S``, however busy the pipes are."""
+    checked, cancelled = time.monotonic(), False
     while True:
-        try:
-            kind, payload = reports.get(timeout=POLL_S)
-        except queue.Empty:
-            if observer.should_stop():
-                cancel.set()
+        if time.monotonic() - checked >= POLL_S:
+            checked = time.monotonic()
+            if not cancelled and observer.should_stop():
+                ranks[0].conn.send("cancel")
+                cancelled = True
             _raise_if_dead(ranks)
-            continue
-        if kind == "done":
-            return payload
-        if kind == "error":
-            rank, exc = payload
-            raise exc if rank == 0 else RuntimeError(f"rank {rank} of the DDP run failed: {exc}")
-        if kind == "checkpoint":
-            if on_checkpoint is not None:
-                on_checkpoint(*payload)
-            acks.put(True)
-        else:
-            getattr(observer, f"on_{kind}")(*payload)
+        for r, rank in enumerate(ranks):
+            if not rank.open or not rank.conn.poll(POLL_S if r == 0 else 0):
+                continue
+            try:
+                kind, payload = rank.conn.recv()
+            except EOFError:  # the rank exited; whether it failed, its exit code tells
+                rank.open = False
+                continue
+            if kind == "done":
+                return payload
+            if kind == "error":
+                raise payload if r == 0 else RuntimeError(f"rank {r} of the DDP run failed: {payload}")
+            if kind == "checkpoint":
+                if on_checkpoint is not None:
+                    on_checkpoint(*payload)
+                rank.conn.send("ack")
+            else:
+                getattr(observer, f"on_{kind}")(*payload)
 
 
-def _raise_if_dead(ranks: list[Any]) -> None:
+def _raise_if_dead(ranks: list[_Rank]) -> None:
     """A rank that exited without reporting (killed: out of memory, a signal) leaves the others waiting."""
     for r, rank in enumerate(ranks):
-        if rank.exitcode not in (None, 0):
-            raise RuntimeError(f"rank {r} of the DDP run died (exit code {rank.exitcode})")
+        code = rank.process.poll()
+        if code not in (None, 0) or (r == 0 and code == 0 and not rank.open):
+            raise RuntimeError(f"rank {r} of the DDP run died (exit code {code})")
 
 
-def _end(ranks: list[Any], grace_s: float = 10.0) -> None:
+def _end(ranks: list[_Rank], grace_s: float = 10.0) -> None:
     """Wait briefly for the ranks to exit by themselves (after a success they are leaving), then kill them."""
     deadline = time.monotonic() + grace_s
     for rank in ranks:
-        rank.join(timeout=max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            rank.process.wait(timeout=max(0.0, deadline - time.monotonic()))
     for rank in ranks:
-        if rank.is_alive():
-            rank.kill()
-            rank.join(timeout=5)
+        if rank.process.poll() is None:
+            rank.process.kill()
+            rank.process.wait(timeout=5)
+        rank.conn.close()
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    from app.training.distributed import rank_main as _main  # the module's own name: its classes pickle as such
+
+    _main(int(sys.argv[1]), int(sys.argv[2]))
