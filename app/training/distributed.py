@@ -113,20 +113,24 @@ class World:
         }
 
     def callbacks(self) -> list[TrainerCallback]:
-        return [StopTogether()]
+        return [FollowRankZero()]
 
 
-class StopTogether(TrainerCallback):
-    """Rank 0 decides when training ends (cancellation is read there): every rank stops at the same step,
-    else the others would wait forever in the next step's collectives."""
+class FollowRankZero(TrainerCallback):
+    """Every rank takes rank 0's decisions of the step: whether to stop (cancellation is read there), to log
+    (its observer callback asks for the last step's loss) and to save. Logging and saving hold collectives,
+    and a rank that stopped alone would leave the others waiting in the next step's."""
+
+    FLAGS = ("should_training_stop", "should_log", "should_save", "should_evaluate")
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([int(control.should_training_stop)])
-        dist.broadcast(flag, src=0)
-        control.should_training_stop = bool(flag.item())
+        flags = torch.tensor([int(getattr(control, name)) for name in self.FLAGS], device=args.device)  # nccl: GPU
+        dist.broadcast(flags, src=0)
+        for name, value in zip(self.FLAGS, flags.tolist(), strict=True):
+            setattr(control, name, bool(value))
 
 
 # ---------------------------------------------------------------- inside a rank

@@ -24,6 +24,7 @@ from app.ingest import TrainingExample, write_training_examples
 from app.training.data import EvalSpec, PreparedData, prepare
 from app.training.distributed import plan_devices, train_embedder_on_devices
 from app.training.embedder import train_embedder
+from app.training.observer import TrainingCancelled
 from app.training.params import EmbedderParams
 from tests.unit.observers import RecordingObserver
 
@@ -81,9 +82,11 @@ def test_two_gloo_ranks_give_the_single_process_losses(base_without_dropout, dat
         base_without_dropout, data, params(devices=2), tmp_path / "gathered", gathered, "cpu", threads=1
     )
     alone = RecordingObserver()
+    # logging_steps 5 > max_steps: only rank 0's observer callback asks for the last step's loss, whose
+    # logging is a collective; the other rank must follow it (else this run would hang).
     train_embedder_on_devices(
-        base_without_dropout, data, params(devices=2, max_steps=1), tmp_path / "alone", alone, "cpu", threads=1,
-        gather=False,
+        base_without_dropout, data, params(devices=2, max_steps=1, logging_steps=5), tmp_path / "alone", alone,
+        "cpu", threads=1, gather=False,
     )  # fmt: skip
 
     assert losses(gathered) == pytest.approx(losses(single), rel=1e-4)
@@ -93,6 +96,17 @@ def test_two_gloo_ranks_give_the_single_process_losses(base_without_dropout, dat
     assert (outcome.model_dir / "config.json").exists()
     # Each rank's own half-batch of negatives is a subset of the global batch's: a lower loss.
     assert losses(alone, steps=1)[0] < losses(single)[0] * (1 - 1e-3)
+
+
+def test_cancel_stops_every_rank(base_without_dropout, data, tmp_path: Path):
+    """Rank 0 reads the cancellation and the other rank stops at its step: the launcher returns, it does
+    not wait on a rank left in a collective."""
+    observer = RecordingObserver(stop_at_step=1)
+    with pytest.raises(TrainingCancelled, match="cancelled at step"):
+        train_embedder_on_devices(
+            base_without_dropout, data, params(devices=2, max_steps=40), tmp_path, observer, "cpu", threads=1
+        )
+    assert 1 <= max(observer.train("loss")) < 40
 
 
 def test_devices_param_and_plan():
