@@ -44,6 +44,7 @@ from app.training.params import EmbedderParams
 # take. A dead rank is found by the launcher, which ends the others, so a long wait never hangs a job.
 COLLECTIVE_TIMEOUT_S = 24 * 3600
 POLL_S = 0.5
+DEATH_WAIT_S = 3.0  # a rank's error may be its peer's death, not yet visible as an exit
 
 
 @dataclass(frozen=True)
@@ -381,7 +382,9 @@ def _supervise(
                 continue
             if kind == "done":
                 return payload
-            if kind == "error":
+            if kind == "error":  # a rank that died is the cause of its peers' broken collectives
+                if death := _death(ranks, wait_s=DEATH_WAIT_S):
+                    raise RuntimeError(death) from payload
                 raise payload if r == 0 else RuntimeError(f"rank {r} of the DDP run failed: {payload}")
             if kind == "checkpoint":
                 if on_checkpoint is not None:
@@ -392,11 +395,22 @@ def _supervise(
 
 
 def _raise_if_dead(ranks: list[_Rank]) -> None:
-    """A rank that exited without reporting (killed: out of memory, a signal) leaves the others waiting."""
-    for r, rank in enumerate(ranks):
-        code = rank.process.poll()
-        if code not in (None, 0) or (r == 0 and code == 0 and not rank.open):
-            raise RuntimeError(f"rank {r} of the DDP run died (exit code {code})")
+    if death := _death(ranks):
+        raise RuntimeError(death)
+
+
+def _death(ranks: list[_Rank], wait_s: float = 0.0) -> str | None:
+    """A rank that exited without reporting (killed: out of memory, a signal) leaves the others waiting.
+    ``wait_s``: how long to look (a killed process closes its sockets, which its peers see, before it exits)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        for r, rank in enumerate(ranks):
+            code = rank.process.poll()
+            if code not in (None, 0) or (r == 0 and code == 0 and not rank.open):
+                return f"rank {r} of the DDP run died (exit code {code})"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
 
 
 def _end(ranks: list[_Rank], grace_s: float = 10.0) -> None:

