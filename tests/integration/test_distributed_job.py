@@ -25,7 +25,10 @@ def test_two_device_job_succeeds_with_one_loss_per_step(tmp_path: Path, processe
     assert refused.status_code == 422, refused.text
     assert "not divisible by the 3 devices" in refused.text
 
-    params = {"devices": 2, "batch_size": 4, "max_steps": 2, "logging_steps": 1, "passage_max_len": 48}
+    # An evaluation at step 1 (rank 0 alone, the other waiting) and a checkpoint at each step (copied to the
+    # artifact store by the worker while the ranks wait) in the middle of the run.
+    params = {"devices": 2, "batch_size": 4, "max_steps": 2, "logging_steps": 1, "passage_max_len": 48,
+              "eval_steps": 1, "checkpoint_steps": 1}  # fmt: skip
     job = run_job(
         service, {"kind": "embedder", "dataset_id": dataset["id"], "eval": SMALL_EVAL, "params": params}, timeout=400
     )
@@ -33,5 +36,5 @@ def test_two_device_job_succeeds_with_one_loss_per_step(tmp_path: Path, processe
     points = service.client.get(f"/jobs/{job['id']}/metrics").json()["points"]
     assert [p["step"] for p in points if p["name"] == "loss"] == [1, 2]  # rank 0 alone reports
     validation = [p["step"] for p in points if p["name"] == "ndcg@10" and p["split"] == "validation"]
-    assert validation == [0, 2]
+    assert validation == [0, 1, 2]
     assert job["model_id"]
