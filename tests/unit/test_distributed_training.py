@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from app.core.config import Settings
 from app.ingest import TrainingExample, write_training_examples
 from app.services.job_runner import _embedder_training
+from app.services.memory_guard import estimate_peak
 from app.training.data import EvalSpec, PreparedData, prepare
 from app.training.distributed import plan_devices, train_embedder_on_devices
 from app.training.embedder import train_embedder
@@ -154,6 +155,12 @@ def test_devices_param_and_plan():
     assert (plan.backend, plan.rank_devices, plan.visible_gpus) == ("gloo", ["cpu", "cpu"], None)
     with pytest.raises(ValueError, match="CUDA device"):
         plan_devices(["cuda:0", "cuda:7"], "cuda")
+
+
+def test_the_memory_guard_counts_every_process():
+    one, two = (estimate_peak("embedder", params(devices=n).model_dump(mode="json")) for n in (1, 2))
+    assert two.peak_bytes > one.peak_bytes
+    assert two.detail == "2 processes, each 4 texts x 32 tokens with gradients"  # one GradCache pass each
 
 
 def test_the_job_runner_picks_the_launcher_for_several_devices(tmp_path: Path):
