@@ -72,6 +72,9 @@ def plan_devices(devices: int | list[str], device: str) -> DevicePlan:
     if isinstance(devices, int):
         devices = [f"cuda:{i}" for i in range(devices)] if device.startswith("cuda") else ["cpu"] * devices
     if all(d == "cpu" for d in devices):
+        cores = os.cpu_count() or 1
+        if len(devices) > cores:  # each process needs a core of its own to be worth starting
+            raise ValueError(f"params.devices: {len(devices)} CPU processes on a machine with {cores} cores")
         return DevicePlan("gloo", list(devices), None)
     import torch
 

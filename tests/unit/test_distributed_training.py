@@ -155,6 +155,8 @@ def test_devices_param_and_plan():
     assert (plan.backend, plan.rank_devices, plan.visible_gpus) == ("gloo", ["cpu", "cpu"], None)
     with pytest.raises(ValueError, match="CUDA device"):
         plan_devices(["cuda:0", "cuda:7"], "cuda")
+    with pytest.raises(ValueError, match="CPU processes on a machine with"):
+        plan_devices((os.cpu_count() or 1) + 1, "cpu")
 
 
 def test_the_memory_guard_counts_every_process():
