@@ -11,8 +11,11 @@ import logging
 import shutil
 import threading
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 
@@ -33,6 +36,7 @@ from app.services.write_buffer import ClaimLost, DatabaseUnreachable, is_unreach
 from app.training.checkpoints import last_checkpoint
 from app.training.common import TrainingOutcome
 from app.training.data import EvalSpec, PreparedData, prepare, read_training_split
+from app.training.distributed import train_embedder_on_devices
 from app.training.embedder import train_embedder
 from app.training.mining import mine_hard_negatives
 from app.training.observer import TrainingCancelled
@@ -261,8 +265,10 @@ def _train_and_publish(
 
     outcome: TrainingOutcome
     if job.kind == "embedder":
-        outcome = train_embedder(
-            base_path, data, EmbedderParams(**job.params), work_dir, observer, device,
+        params = EmbedderParams(**job.params)
+        train, device = _embedder_training(params, device, settings)
+        outcome = train(
+            base_path, data, params, work_dir, observer, device,
             base_config if base_row is not None else None, on_checkpoint=push,
         )  # fmt: skip
     else:
@@ -278,6 +284,14 @@ def _train_and_publish(
     inherited = [trained_hashes(settings, base_row), trained_hashes(settings, candidate_row)]
     write_provenance(outcome.model_dir, job.dataset_id, data.train_queries, inherited)
     return _publish_model(job, settings, observer, store, outcome)
+
+
+def _embedder_training(params: EmbedderParams, device: str, settings: Settings) -> tuple[Callable[..., Any], str]:
+    """One device: the in-process trainer (on the one named, if named); several: the DDP launcher, one
+    process per device, each with this worker's torch thread count."""
+    if params.device_count > 1:
+        return partial(train_embedder_on_devices, threads=settings.torch_threads), device
+    return train_embedder, params.devices[0] if isinstance(params.devices, list) else device
 
 
 def _publish_model(

@@ -78,6 +78,11 @@ def _training_pass(kind: str, params: dict[str, Any]) -> tuple[int, int, float |
 
 def estimate_peak(kind: str, params: dict[str, Any], scale: float = 1.0) -> Estimate:
     """Peak resident bytes of a job of ``kind`` with validated ``params`` (see docs/training.md, Memory)."""
+    devices = params.get("devices", 1) if kind == "embedder" else 1
+    ranks = devices if isinstance(devices, int) else len(devices)
+    if ranks > 1:  # one process per device, each with its model, optimiser and batch_size / ranks rows
+        one = estimate_peak(kind, params | {"devices": 1, "batch_size": params["batch_size"] // ranks}, scale)
+        return Estimate(one.peak_bytes * ranks, f"{ranks} processes, each {one.detail}")
     if kind not in ("embedder", "reranker"):
         seq = params.get("passage_max_len") or 256
         encode = int(ENCODE_BYTES_PER_TOKEN * ENCODE_BATCH * seq * scale)

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from app.training.distributed import World
+
 
 def _negatives_for(
     qid: str,
@@ -114,7 +116,10 @@ def _overrides(base: EmbedderConfig, used: EmbedderConfig) -> str:
     )
 
 
-def _embedder_loss(model: SentenceTransformer, params: EmbedderParams, distill: bool) -> torch.nn.Module:
+def _embedder_loss(
+    model: SentenceTransformer, params: EmbedderParams, distill: bool, gather: bool = False
+) -> torch.nn.Module:
+    """``gather``: in-batch negatives from every DDP rank's rows (the global batch), not this rank's only."""
     from sentence_transformers import util
     from sentence_transformers.sentence_transformer import losses
 
@@ -123,7 +128,11 @@ def _embedder_loss(model: SentenceTransformer, params: EmbedderParams, distill: 
 
     scale = 1.0 / params.temperature
     if distill:  # also on resume: the saved rows say whether the first attempt distilled
-        kd = {"distillation_weight": params.distillation_weight, "teacher_temperature": params.teacher_temperature}
+        kd = {
+            "distillation_weight": params.distillation_weight,
+            "teacher_temperature": params.teacher_temperature,
+            "gather_across_devices": gather,
+        }
         if params.cached_loss:
             return CachedInBatchDistillLoss(model, scale=scale, mini_batch_size=params.mini_batch_size, **kd)
         return InBatchDistillLoss(model, scale=scale, **kd)
@@ -131,9 +140,12 @@ def _embedder_loss(model: SentenceTransformer, params: EmbedderParams, distill: 
     similarity = util.cos_sim if params.normalize else util.dot_score
     if params.cached_loss:
         return losses.CachedMultipleNegativesRankingLoss(
-            model, scale=scale, similarity_fct=similarity, mini_batch_size=params.mini_batch_size
-        )
-    return losses.MultipleNegativesRankingLoss(model, scale=scale, similarity_fct=similarity)
+            model, scale=scale, similarity_fct=similarity, mini_batch_size=params.mini_batch_size,
+            gather_across_devices=gather,
+        )  # fmt: skip
+    return losses.MultipleNegativesRankingLoss(
+        model, scale=scale, similarity_fct=similarity, gather_across_devices=gather
+    )
 
 
 def train_embedder(
@@ -145,13 +157,12 @@ def train_embedder(
     device: str,
     base_config: EmbedderConfig | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    world: World | None = None,
 ) -> TrainingOutcome:
     """``base_config``: how the base model is used (its registry entry); default: read from the model itself.
-    ``on_checkpoint(step)``: called after each checkpoint is saved in ``work_dir``."""
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.base.sampler import BatchSamplers
-
+    ``on_checkpoint(step)``: called after each checkpoint is saved in ``work_dir``.
+    ``world``: this is rank 0 of a DDP run (app.training.distributed); it alone evaluates, reports and saves,
+    the other ranks (:func:`follow_embedder`) get its rows and train with it."""
     rng = random.Random(params.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     model = load_embedder(base_path, device)
@@ -192,28 +203,63 @@ def train_embedder(
         save_rows(work_dir, rows)
         observer.on_message(_overrides(base_config, config))
         observer.on_message(why)
-    _use(model, config)
-    _set_prompts(model, config)
-    train_dataset = Dataset.from_dict(rows)
+    if world is not None:
+        world.share((rows, str(resume_from) if resume_from else None, config))
     stop_if_asked(observer, "preparing the training")
-    args = SentenceTransformerTrainingArguments(
-        **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset)) | checkpoint_arguments(params),
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
-        # Queries are tokenised as task "query" (query_max_len, a Router model's query branch), the rest as documents.
-        router_mapping={column: "query" if column == "anchor" else "document" for column in rows if column != "label"},
-    )
     callback = ObserverCallback(observer, evaluate, params.eval_steps)
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=_embedder_loss(model, params, "label" in rows),
-        callbacks=[callback, *([CheckpointSaved(on_checkpoint)] if on_checkpoint else [])],
-    )  # fmt: skip
-    trainer.train(resume_from_checkpoint=resume_from)
+    callbacks = [callback, *([CheckpointSaved(on_checkpoint)] if on_checkpoint else [])]
+    trainer = _fit(model, config, rows, params, work_dir, device, callbacks, resume_from, world)
     if callback.cancelled:
         raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}")
     if callback.last_evaluated_step != trainer.state.global_step:
         evaluate(trainer.state.global_step, float(trainer.state.epoch or 0.0))
     verdict = _test_chosen(model, config, data, params, best, last, base_test, best_dir, device, observer)
     return TrainingOutcome.chosen(best_dir, config.to_dict(), best, verdict)
+
+
+def follow_embedder(base_path: str, params: EmbedderParams, work_dir: Path, device: str, world: World) -> None:
+    """A DDP rank other than 0: train on its share of each batch with rank 0's rows and resume point;
+    it evaluates, reports and saves nothing (rank 0 does)."""
+    model = load_embedder(base_path, device)
+    set_attention_dropout(model, params.attention_dropout)
+    rows, resume_from, config = world.share(None)
+    _fit(model, config, rows, params, work_dir, device, [], resume_from, world)
+
+
+def _fit(
+    model: SentenceTransformer,
+    config: EmbedderConfig,
+    rows: dict[str, list[Any]],
+    params: EmbedderParams,
+    work_dir: Path,
+    device: str,
+    callbacks: list[Any],
+    resume_from: Path | str | None,
+    world: World | None,
+) -> Any:
+    """The sentence-transformers Trainer over ``rows``; in a DDP ``world`` it splits each batch of
+    ``batch_size`` rows across the ranks and gathers the in-batch negatives back. Returns the trainer."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    _use(model, config)
+    _set_prompts(model, config)
+    train_dataset = Dataset.from_dict(rows)
+    arguments = trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset))
+    args = SentenceTransformerTrainingArguments(
+        **arguments | checkpoint_arguments(params) | (world.trainer_arguments(arguments) if world else {}),
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        # Queries are tokenised as task "query" (query_max_len, a Router model's query branch), the rest as documents.
+        router_mapping={column: "query" if column == "anchor" else "document" for column in rows if column != "label"},
+    )
+    loss = _embedder_loss(model, params, "label" in rows, gather=world is not None and world.gather)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss,
+        callbacks=[*callbacks, *(world.callbacks() if world else [])],
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return trainer
 
 
 def _record(observer: TrainingObserver, step: int, epoch: float, metrics: dict[str, float], split: str) -> None:

@@ -5,6 +5,7 @@ Names follow FlagEmbedding / sentence-transformers where they exist (see docs/tr
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -95,9 +96,21 @@ class EmbedderParams(TrainingParams):
     teacher_temperature: float = Field(
         1.0, ge=0.001, le=1000, description="The teacher's scores are divided by this before their softmax."
     )
+    devices: Annotated[int, Field(ge=1, le=64)] | Annotated[list[str], Field(min_length=1, max_length=64)] = Field(
+        1,
+        description="Train on this many devices of the worker's machine with torch DDP, one process each (a count: "
+        "the first N GPUs, or N CPU processes on a machine without one), or on these devices (['cuda:0', "
+        "'cuda:1']). batch_size is the global batch: each device takes batch_size / devices rows, and the in-batch "
+        "negatives are gathered across devices (docs/training.md, Several devices).",
+    )
+
+    @property
+    def device_count(self) -> int:
+        return self.devices if isinstance(self.devices, int) else len(self.devices)
 
     @model_validator(mode="after")
     def _check(self) -> EmbedderParams:
+        _check_devices(self.devices, self.batch_size)
         lo, hi = self.negative_rank_range
         if not 0 <= lo < hi:
             raise ValueError("negative_rank_range must be (lo, hi) with 0 <= lo < hi")
@@ -108,6 +121,28 @@ class EmbedderParams(TrainingParams):
         if probe.count("\x00") != 1 or probe.count("\x01") != 1:
             raise ValueError("query_instruction_format must place the instruction and the query once each, e.g. '{}{}'")
         return self
+
+
+_DEVICE = re.compile(r"cpu|cuda:\d{1,2}")
+
+
+def _check_devices(devices: int | list[str], batch_size: int) -> None:
+    """The form of ``devices``; whether the worker has those GPUs is checked where the job runs."""
+    count = devices if isinstance(devices, int) else len(devices)
+    if isinstance(devices, list):
+        wrong = [d for d in devices if not _DEVICE.fullmatch(d)]
+        if wrong:
+            raise ValueError(f"devices: {wrong} are not devices; give 'cpu' or 'cuda:<index>' entries")
+        if len({d.split(":")[0] for d in devices}) > 1:
+            raise ValueError("devices: give only CUDA devices or only 'cpu' entries, not both")
+        cuda = [d for d in devices if d != "cpu"]
+        if len(set(cuda)) != len(cuda):
+            raise ValueError("devices: a CUDA device is named twice (one process per device)")
+    if batch_size % count:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by the {count} devices: each device takes batch_size / devices "
+            "rows of every batch"
+        )
 
 
 class RerankerParams(TrainingParams):

@@ -30,8 +30,15 @@ class CachedInBatchDistillLoss(CachedMultipleNegativesRankingLoss):
         mini_batch_size: int = 32,
         distillation_weight: float = 1.0,
         teacher_temperature: float = 1.0,
+        gather_across_devices: bool = False,
     ) -> None:
-        super().__init__(model, scale=scale, similarity_fct=cos_sim, mini_batch_size=mini_batch_size)
+        super().__init__(
+            model,
+            scale=scale,
+            similarity_fct=cos_sim,
+            mini_batch_size=mini_batch_size,
+            gather_across_devices=gather_across_devices,
+        )
         if not distillation_weight > 0:
             raise ValueError("distillation_weight must be positive")
         self.distillation_weight = distillation_weight

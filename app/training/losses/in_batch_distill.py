@@ -62,6 +62,7 @@ class InBatchDistillLoss(nn.Module):
         scale: float = 50.0,
         distillation_weight: float = 1.0,
         teacher_temperature: float = 1.0,
+        gather_across_devices: bool = False,
     ) -> None:
         """
         Args:
@@ -69,13 +70,17 @@ class InBatchDistillLoss(nn.Module):
             scale: 1 / temperature of the contrastive softmax; the student's group softmax uses the same.
             distillation_weight: weight of the KL term relative to the contrastive cross-entropy.
             teacher_temperature: the teacher's scores are divided by this before their softmax.
+            gather_across_devices: the contrastive term's negatives are every DDP rank's passages; the KL
+                term reads each row's own group, which is on its rank already.
         """
         super().__init__()
         if not distillation_weight > 0:
             raise ValueError("distillation_weight must be positive")
         self.model = model
         self.distillation_weight = distillation_weight
-        self.contrastive = MultipleNegativesRankingLoss(model, scale=scale, similarity_fct=cos_sim)
+        self.contrastive = MultipleNegativesRankingLoss(
+            model, scale=scale, similarity_fct=cos_sim, gather_across_devices=gather_across_devices
+        )
         self.distill = group_distill_loss(model, scale, teacher_temperature)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
