@@ -61,10 +61,11 @@ class SoakOptions:
     db_cut: tuple[float, float] = (2.0, 6.0)
     jobs_in_flight: int = 3
     cancel_fraction: float = 0.15
+    job_params: dict[str, int] = field(default_factory=lambda: dict(JOB_PARAMS))
     settle_seconds: float = 600.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
@@ -130,7 +131,7 @@ class Cluster:
 
     def __init__(self, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir, self.port, self.redis_port = workdir, _free_port(), _free_port()
+        self.workdir, self.port, self.redis_port = workdir, free_port(), free_port()
         self.key = "rt_chaos_admin_" + uuid.uuid4().hex
         self.db = Database()
         self.env = {
@@ -210,8 +211,8 @@ class Record:
 class Controller:
     """Injects one fault at a time, at random gaps; the first four are one of each kind, shuffled."""
 
-    def __init__(self, cluster: Cluster, record: Record, options: SoakOptions) -> None:
-        self.cluster, self.record, self.options = cluster, record, options
+    def __init__(self, cluster: Cluster, record: Record, options: SoakOptions, dataset_id: str) -> None:
+        self.cluster, self.record, self.options, self.dataset_id = cluster, record, options, dataset_id
         self.stop = threading.Event()
         self.rng = random.Random(options.seed)
         self.first = self.rng.sample(FAULTS, len(FAULTS))
@@ -233,9 +234,19 @@ class Controller:
             window.end = time.monotonic()
             print(f"[{window.end:.0f}] {kind} ({window.end - window.start:.1f} s to recover)", flush=True)
 
+    def _write_during(self, kind: str) -> None:
+        """One index build asked for while the fault is on: a client's write does not wait for a quiet moment."""
+        body = {"dataset_id": self.dataset_id, "model_id": "all-MiniLM-L6-v2"}
+        start = time.monotonic()
+        with self.cluster.client() as client:
+            status, _ = _outcome(lambda: client.post("/indexes", json=body))
+        with self.record.lock:
+            self.record.writes.append((start, time.monotonic(), f"create_index during {kind}", status))
+
     def worker_kill(self) -> None:
         before = {w["name"] for w in self.cluster.wait_healthy(lambda h: True)["workers"]}
         self.cluster.worker.stop(signal.SIGKILL)
+        self._write_during("worker_kill")
         time.sleep(1.0)  # a process manager's restart delay
         self.cluster.worker.start()
         self.cluster.wait_healthy(lambda h: any(w["name"] not in before for w in h["workers"]))
@@ -247,12 +258,14 @@ class Controller:
 
     def redis_restart(self) -> None:
         self.cluster.redis.stop(signal.SIGTERM)
+        self._write_during("redis_restart")
         time.sleep(self.rng.uniform(0.5, 2.0))
         self.cluster.redis.start()
         self.cluster.wait_healthy(lambda h: h["broker"] == "ok")
 
     def db_cut(self) -> None:
         self.cluster.db.proxy.stop()
+        self._write_during("db_cut")
         time.sleep(self.rng.uniform(*self.options.db_cut))
         self.cluster.db.proxy.start()
         self.cluster.wait_healthy(lambda h: True)
@@ -314,7 +327,12 @@ class Load:
             self.cancel_asked.add(job_id)  # asked, even if the answer is lost on the way back
             self._write("cancel", lambda j=job_id: client.post(f"/jobs/{j}/cancel"))
         if len(self.unfinished) < self.options.jobs_in_flight:
-            body = {"kind": "embedder", "dataset_id": self.dataset_id, "eval": JOB_EVAL, "params": JOB_PARAMS}
+            body = {
+                "kind": "embedder",
+                "dataset_id": self.dataset_id,
+                "eval": JOB_EVAL,
+                "params": self.options.job_params,
+            }
             if job := self._write("create_job", lambda: client.post("/jobs", json=body)):
                 self.unfinished.add(job["id"])
                 if self.rng.random() < self.options.cancel_fraction:
@@ -429,12 +447,13 @@ def classify_searches(record: Record, violations: list[str]) -> dict[str, int]:
 
 
 def classify_writes(record: Record, violations: list[str]) -> dict[str, int]:
-    """The load loop's writes: a 503 is fine while the database or Redis was down (the client is told to
-    retry), no answer while the API restarted; another 5xx, or either of those unexplained, is not."""
+    """The writes (the load loop's and those sent during faults): a 503 is fine while the database was cut
+    (the client is told to retry), no answer while the API restarted; another 5xx, or either of those
+    unexplained, is not. Redis down is no reason for a 503: the job or build waits in SQL for the sweep."""
     counts: Counter[str] = Counter()
     for start, end, what, status in record.writes:
         counts[f"{what} {status}"] += 1
-        explained = (status == "503" and record.during(("db_cut", "redis_restart"), start, end)) or (
+        explained = (status == "503" and record.during(("db_cut",), start, end)) or (
             status in {"connection_error", "timeout"} and record.during(("api_restart",), start, end)
         )
         if (status.startswith("5") or status in {"connection_error", "timeout"}) and not explained:
@@ -480,7 +499,7 @@ def _under_load(cluster: Cluster, options: SoakOptions, record: Record, dataset_
     threads.append(threading.Thread(target=load.run, args=(stop,)))
     for thread in threads:
         thread.start()
-    controller = Controller(cluster, record, options)
+    controller = Controller(cluster, record, options, dataset_id)
     try:
         controller.run(deadline=time.monotonic() + options.seconds)
     finally:
