@@ -11,7 +11,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
-from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from app.core.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceUnavailableError
 from app.core.queue import BUILD_INDEX
 from app.db.session import session_scope
 from app.db.tables import Dataset, Index, IndexAlias, Model, new_id, utcnow
@@ -47,12 +47,12 @@ def create_index(session: Session, dataset_id: str, model_id: str, index_type: s
     session.commit()
     try:
         dispatch.enqueue(BUILD_INDEX, index_id)
-        row.dispatched_at = utcnow()
-        session.commit()
-    except Exception:
-        row.status, row.error = "failed", "could not be queued: the broker is unreachable"
-        session.commit()
-        raise
+    except ServiceUnavailableError:
+        # As for jobs: the build is in SQL; the sweep sends one never sent once the broker answers.
+        log.warning("index %s: the task queue is unreachable; the recovery sweep will send its build", index_id)
+        return row
+    row.dispatched_at = utcnow()
+    session.commit()
     return row
 
 
