@@ -5,23 +5,5 @@ fp32 and int8) replace only the transformer body of a loaded sentence-transforme
 (:func:`app.retrieval.backends.base.attach`), so tokenisation, prompts, pooling, normalisation, the
 batcher and every route stay as they are. A model is served by another backend only when the gate
 (:mod:`app.evaluation.backend_gate`) accepted it; the choice is the model's ``serving_backend.json``.
+Submodules are imported directly: ``spec`` (names, no torch), ``base``, ``choice``, ``loading``, one per engine.
 """
-
-from app.retrieval.backends.base import Backend, BackendUnavailable, Kind, Runtime, attach, parse_backend
-from app.retrieval.backends.choice import CHOICE_FILE, ServingChoice, load_choice
-from app.retrieval.backends.loading import RUNTIME_DIR, apply_backend, build_export
-
-__all__ = [
-    "CHOICE_FILE",
-    "RUNTIME_DIR",
-    "Backend",
-    "BackendUnavailable",
-    "Kind",
-    "Runtime",
-    "ServingChoice",
-    "apply_backend",
-    "attach",
-    "build_export",
-    "load_choice",
-    "parse_backend",
-]

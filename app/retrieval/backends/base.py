@@ -10,46 +10,12 @@ with the runtimes directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-Kind = Literal["embedder", "reranker"]
-ENGINES = ("torch", "onnx", "openvino")
-PRECISIONS = ("fp32", "int8", "bf16")
-OUTPUT_NAME: dict[str, str] = {"embedder": "last_hidden_state", "reranker": "logits"}
-
-
-class BackendUnavailable(Exception):
-    """This backend cannot serve this model here (no runtime, no CPU support, an unsupported architecture)."""
-
-
-@dataclass(frozen=True)
-class Backend:
-    """An engine and a precision, written ``engine-precision`` (``onnx-int8``)."""
-
-    engine: str = "torch"
-    precision: str = "fp32"
-
-    @property
-    def label(self) -> str:
-        return f"{self.engine}-{self.precision}"
-
-    @property
-    def is_reference(self) -> bool:
-        return self == REFERENCE
-
-
-REFERENCE = Backend()
-
-
-def parse_backend(label: str) -> Backend:
-    engine, _, precision = label.strip().partition("-")
-    if engine not in ENGINES or precision not in PRECISIONS or (precision == "bf16" and engine != "torch"):
-        raise ValueError(f"unknown backend {label!r}: expected torch-fp32|int8|bf16, onnx-fp32|int8, openvino-fp32|int8")
-    return Backend(engine, precision)
+from app.retrieval.backends.spec import OUTPUT_NAME, BackendUnavailable, Kind
 
 
 class Runtime(Protocol):

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.retrieval.backends.base import REFERENCE, Backend, parse_backend
+from app.retrieval.backends.spec import REFERENCE, Backend, parse_backend
 
 CHOICE_FILE = "serving_backend.json"
 

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.retrieval.backends.base import Backend, BackendUnavailable, Kind, attach
+from app.retrieval.backends.base import attach
+from app.retrieval.backends.spec import Backend, BackendUnavailable, Kind
 
 RUNTIME_DIR = "runtime"
 FP32_ONNX = Backend("onnx", "fp32")

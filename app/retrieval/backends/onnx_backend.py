@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from app.retrieval.backends.base import OUTPUT_NAME, Kind, body
+from app.retrieval.backends.base import body
+from app.retrieval.backends.spec import OUTPUT_NAME, Kind
 
 MODEL_FILE = "model.onnx"
 OPSET = 17

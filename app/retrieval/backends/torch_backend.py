@@ -6,7 +6,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from app.retrieval.backends.base import OUTPUT_NAME, BackendUnavailable, Kind, body
+from app.retrieval.backends.base import body
+from app.retrieval.backends.spec import OUTPUT_NAME, BackendUnavailable, Kind
 
 # CPU flags (Linux /proc/cpuinfo names) of bf16 matrix instructions: without them bf16 is emulated (slow).
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
