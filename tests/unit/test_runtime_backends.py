@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from app.core.config import Settings
+from app.db.tables import Model
 from app.evaluation.backend_gate import choose_backend, embedder_candidate
+from app.ingest.types import Document
 from app.retrieval.backends.base import RuntimeModule
 from app.retrieval.backends.choice import CHOICE_FILE, load_choice
 from app.retrieval.backends.loading import RUNTIME_DIR, apply_backend, build_export
@@ -25,9 +27,12 @@ from app.retrieval.backends.spec import parse_backend
 from app.retrieval.backends.torch_backend import cpu_has_bf16
 from app.retrieval.embedder import EmbedderConfig, encode_texts, load_embedder
 from app.retrieval.reranker import load_reranker, pair_logits
-from app.services.models import bundled_model_path
+from app.services.models import bundled_model_path, serving_backend_view
 from app.services.serving import on_chosen_backend
+from app.services.serving_backend import choose_for_job
+from app.training.data import PreparedData
 from tests.conftest import SHARED_DATA, _read_jsonl, _read_qrels, missing
+from tests.unit.observers import RecordingObserver
 
 SCIFACT = SHARED_DATA / "scifact"
 FP32, INT8 = parse_backend("onnx-fp32"), parse_backend("onnx-int8")
@@ -112,23 +117,31 @@ def test_onnx_fp32_logits_match_torch_fp32(tmp_path, texts) -> None:
     assert np.abs(logits - reference).max() < 1e-4
 
 
-def _gate(folder: Path, scifact, labels: list[str], tolerance: float = 0.01):
-    corpus_rows, queries, qrels = scifact
-    from app.ingest.types import Document
+def _documents(scifact) -> dict[str, Document]:
+    return {d: Document(id=d, title=row.get("title", ""), text=row["text"]) for d, row in scifact[0].items()}
 
-    corpus = {d: Document(id=d, title=row.get("title", ""), text=row["text"]) for d, row in corpus_rows.items()}
-    candidate = embedder_candidate(folder, EmbedderConfig(), corpus, queries, qrels)
+
+def _gate(folder: Path, scifact, labels: list[str], tolerance: float = 0.01):
+    _, queries, qrels = scifact
+    candidate = embedder_candidate(folder, EmbedderConfig(), _documents(scifact), queries, qrels)
     return choose_backend(folder, candidate, [parse_backend(label) for label in labels], tolerance, threads=1)
 
 
-def test_gate_accepts_an_exact_backend_and_serving_uses_it(exported, scifact, tmp_path) -> None:
-    folder = _linked_copy(exported, tmp_path / "model")
-    choice = _gate(folder, scifact, ["onnx-fp32"])
-    assert choice.backend == "onnx-fp32" and "passed" in choice.why
-    assert choice.gate["verdict"]["queries"] == 10 and choice.gate["verdict"]["ci_low"] >= -0.01 * choice.gate[
-        "verdict"]["base"]  # fmt: skip
-    assert load_choice(folder) == choice  # recorded in the model folder
-    served = on_chosen_backend(Settings(), load_embedder(str(folder), "cpu"), str(folder), "embedder", int8=False)
+def test_job_end_gate_accepts_an_exact_backend_and_serving_uses_it(exported, scifact, tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", serving_backends=["onnx-fp32"])
+    folder = _linked_copy(exported, tmp_path / "data" / "models" / "m1")
+    _, queries, qrels = scifact
+    data = PreparedData(_documents(scifact), {}, {}, {}, {}, "none", validation_queries=queries, validation_qrels=qrels)
+    observer = RecordingObserver()
+    choice = choose_for_job(settings, "embedder", folder, EmbedderConfig().to_dict(), data, observer)
+    assert choice is not None and choice.backend == "onnx-fp32" and "passed" in choice.why
+    verdict = choice.gate["verdict"]
+    assert verdict["queries"] == 10 and verdict["ci_low"] >= -0.01 * verdict["base"]
+    assert observer.messages[-1].startswith("serving backend: onnx-fp32")
+    assert load_choice(folder) == choice  # recorded in the model folder, and shown by /models
+    view = serving_backend_view(settings, Model(source="job", path="models/m1"))["serving_backend"]
+    assert view["backend"] == "onnx-fp32" and view["gate"] == choice.gate
+    served = on_chosen_backend(settings, load_embedder(str(folder), "cpu"), str(folder), "embedder", int8=False)
     assert isinstance(served[0].model, RuntimeModule)
 
 
