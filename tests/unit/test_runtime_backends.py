@@ -101,17 +101,23 @@ def test_bf16_autocast_embeddings_close_to_fp32(exported, texts) -> None:
     assert not np.array_equal(vectors, reference)  # it did run in bf16
 
 
-def test_onnx_fp32_logits_match_torch_fp32(tmp_path, texts) -> None:
+@pytest.fixture(scope="module")
+def reranker_dir(tmp_path_factory) -> Path:
+    """A cross-encoder on the MiniLM body, its new head saved once (the reference and the export share it)."""
     import torch
     from sentence_transformers import CrossEncoder
 
-    torch.manual_seed(0)  # the head is new: saved once, so the reference and the export share it
-    CrossEncoder(bundled_model_path(), num_labels=1, device="cpu").save(str(tmp_path / "reranker"))
-    folder = tmp_path / "reranker"
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("reranker") / "reranker"
+    CrossEncoder(bundled_model_path(), num_labels=1, device="cpu").save(str(folder))
+    return folder
+
+
+def test_onnx_fp32_logits_match_torch_fp32(reranker_dir, texts) -> None:
     pairs = [("what do T cells do?", text) for text in texts]
-    reference = pair_logits(load_reranker(str(folder), "cpu"), pairs, 8)
-    build_export(folder, FP32, "reranker", lambda: load_reranker(str(folder), "cpu"))
-    served = apply_backend(load_reranker(str(folder), "cpu"), folder, FP32, "reranker", threads=1)
+    reference = pair_logits(load_reranker(str(reranker_dir), "cpu"), pairs, 8)
+    build_export(reranker_dir, FP32, "reranker", lambda: load_reranker(str(reranker_dir), "cpu"))
+    served = apply_backend(load_reranker(str(reranker_dir), "cpu"), reranker_dir, FP32, "reranker", threads=1)
     logits = pair_logits(served, pairs, 8)
     assert logits.shape == reference.shape == (len(texts),)
     assert np.abs(logits - reference).max() < 1e-4
@@ -171,3 +177,18 @@ def test_gate_refuses_a_corrupted_export_and_says_why(exported, scifact, tmp_pat
     assert saved["backend"] == "torch-fp32"
     served = on_chosen_backend(Settings(), load_embedder(str(folder), "cpu"), str(folder), "embedder", int8=False)
     assert not isinstance(served[0].model, RuntimeModule)
+
+
+def test_job_end_gate_of_a_reranker_reranks_the_first_stage_top_k(reranker_dir, exported, scifact, tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", serving_backends=["onnx-fp32"])
+    build_export(reranker_dir, FP32, "reranker", lambda: load_reranker(str(reranker_dir), "cpu"))
+    folder = _linked_copy(reranker_dir, tmp_path / "reranker")
+    _, queries, qrels = scifact
+    data = PreparedData(_documents(scifact), {}, {}, {}, {}, "none", validation_queries=queries, validation_qrels=qrels)
+    observer = RecordingObserver()
+    first_stage = (str(exported), EmbedderConfig())
+    choice = choose_for_job(settings, "reranker", folder, {}, data, observer, first_stage, rerank_k=5)
+    assert choice is not None and choice.backend == "onnx-fp32"
+    assert choice.gate["verdict"]["queries"] == 10 and (folder / RUNTIME_DIR / "onnx-fp32").is_dir()
+    served = on_chosen_backend(settings, load_reranker(str(folder), "cpu"), str(folder), "reranker", int8=False)
+    assert isinstance(served[0].model, RuntimeModule)
