@@ -192,3 +192,19 @@ def test_job_end_gate_of_a_reranker_reranks_the_first_stage_top_k(reranker_dir, 
     assert choice.gate["verdict"]["queries"] == 10 and (folder / RUNTIME_DIR / "onnx-fp32").is_dir()
     served = on_chosen_backend(settings, load_reranker(str(folder), "cpu"), str(folder), "reranker", int8=False)
     assert isinstance(served[0].model, RuntimeModule)
+
+
+def test_the_gate_reads_the_interval_and_settings_name_known_backends() -> None:
+    from pydantic import ValidationError
+
+    from app.evaluation.backend_gate import passes
+    from app.evaluation.verdict import Verdict
+
+    def verdict(low: float) -> Verdict:
+        return Verdict("ndcg@10", 0.60, 0.60, 0.0, low, 0.004, 300, "not_better", "validation")
+
+    assert passes(verdict(-0.0059), 0.01) and not passes(verdict(-0.0061), 0.01)  # 1% of 0.60 is 0.006
+    assert not passes(verdict(-0.0001), 0.0)
+    assert Settings(serving_backends=["onnx-int8", "openvino-fp32"]).serving_backends == ["onnx-int8", "openvino-fp32"]
+    with pytest.raises(ValidationError, match="unknown backend"):
+        Settings(serving_backends=["onnx-bf16"])
