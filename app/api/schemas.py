@@ -85,6 +85,11 @@ class ModelOut(Orm):
     calibration_missing: str | None = Field(
         None, description="Why the model has no calibration (then `/search` refuses a `threshold` on it)."
     )
+    serving_backend: dict[str, Any] | None = Field(
+        None,
+        description="The runtime backend search serves this model with (backend: torch-fp32, onnx-int8, ...), why, "
+        "and gate: the validation nDCG@10 change vs torch-fp32 with its 95% interval that let it pass (1% gate).",
+    )
 
     file_name: str | None = Field(None, description="source 'upload': the uploaded archive's file name.")
     download_url: str | None = Field(None, description="GET it for a .tar.gz of the folder (?format=zip for a zip).")

@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     default_base_model: str = Field("all-MiniLM-L6-v2", description="Model id used when a job names no base model.")
     device: str | None = Field(None, description="torch device for workers; default cuda when present.")
     model_cache_size: int = Field(4, description="Models kept loaded per process for /search.")
+    serving_backends: list[str] = Field(
+        default_factory=list,
+        description="Runtime backends a finished job tries for serving, preferred first (JSON list, e.g. "
+        '["onnx-int8", "onnx-fp32"]); each must pass the validation gate; [] serves torch fp32.',
+    )
+    serving_gate_tolerance: float = Field(
+        0.01, ge=0, lt=1, description="Largest relative validation nDCG@10 loss (95% interval) a backend may cost."
+    )
     rerank_batch_size: int | None = Field(
         None, ge=1, description="(query, passage) pairs per reranker forward pass; default: 8 on CPU, 32 on GPU."
     )
@@ -117,6 +125,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="CIDRs (JSON list) whose clients may read GET /metrics without a key; others need an admin key.",
     )
+
+    @field_validator("serving_backends")
+    @classmethod
+    def _known_backends(cls, value: list[str]) -> list[str]:
+        from app.retrieval.backends.spec import parse_backend
+
+        return [parse_backend(label).label for label in value]
 
     @field_validator("artifact_url")
     @classmethod

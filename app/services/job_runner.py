@@ -32,6 +32,7 @@ from app.services.datasets import store_training_examples
 from app.services.job_observer import SqlObserver
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
 from app.services.provenance import trained_hashes, write_provenance
+from app.services.serving_backend import choose_for_job
 from app.services.write_buffer import ClaimLost, DatabaseUnreachable, is_unreachable
 from app.training.checkpoints import last_checkpoint
 from app.training.common import TrainingOutcome
@@ -283,6 +284,9 @@ def _train_and_publish(
         return "left running"
     inherited = [trained_hashes(settings, base_row), trained_hashes(settings, candidate_row)]
     write_provenance(outcome.model_dir, job.dataset_id, data.train_queries, inherited)
+    recall_k = RerankerParams(**job.params).recall_k if job.kind == "reranker" else 100
+    choose_for_job(settings, job.kind, outcome.model_dir, outcome.config, data, observer,
+                   (candidate_path, candidate_config), recall_k)  # fmt: skip
     return _publish_model(job, settings, observer, store, outcome)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections.abc import Iterator
 from functools import lru_cache
@@ -16,6 +17,7 @@ from app.core.errors import ConflictError, InvalidRequestError
 from app.db.tables import Index, IndexAlias, Job, Model
 from app.evaluation.calibration import FILE_NAME as CALIBRATION_FILE
 from app.evaluation.calibration import Calibration, status_from_text
+from app.retrieval.backends.choice import CHOICE_FILE, ServingChoice
 from app.services import storage
 from app.services.lookup import get_or_404
 from app.services.model_archive import ARCHIVE_FORMATS, stream_model_archive
@@ -111,6 +113,14 @@ def calibration_view(settings: Settings, row: Model) -> dict:
     """The ``calibration`` / ``calibration_missing`` fields of ``/models``."""
     fitted, reason = model_calibration(settings, row)
     return {"calibration": fitted.summary() if fitted else None, "calibration_missing": reason}
+
+
+def serving_backend_view(settings: Settings, row: Model) -> dict:
+    """The ``serving_backend`` field of ``/models``: the backend its gate chose, why, and the gate's figures
+    (one small file read; torch fp32 for models that never went through a gate)."""
+    raw = None if row.source == "bundled" else storage.store(settings).read_bytes(row.path, CHOICE_FILE)
+    choice = ServingChoice.from_dict(json.loads(raw)) if raw else ServingChoice()
+    return {"serving_backend": {"backend": choice.backend, "why": choice.why, "gate": choice.gate}}
 
 
 def hub_model_available(repo_id: str) -> bool:

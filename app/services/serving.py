@@ -8,6 +8,7 @@ loaded model comes with its batcher (app.retrieval.batcher): concurrent requests
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 from app.core.config import Settings
 from app.db.tables import Dataset, Index, Model
 from app.ingest import Document, read_retrieval_set
+from app.retrieval.backends.choice import load_choice
+from app.retrieval.backends.loading import apply_backend
+from app.retrieval.backends.spec import BackendUnavailable, Kind
 from app.retrieval.batcher import Batcher, BatchLimits
 from app.retrieval.cache import LoadedCache
 from app.retrieval.device import resolve_device
@@ -29,6 +33,8 @@ from app.services.models import model_path
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder, SentenceTransformer
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache
@@ -73,12 +79,25 @@ def batch_limits(settings: Settings, max_rows: int) -> BatchLimits:
     )
 
 
+def on_chosen_backend(settings: Settings, model: Any, path: str, kind: Kind, int8: bool) -> Any:
+    """``model`` on the backend its gate chose (``serving_backend.json``); torch fp32 when none passed, and
+    when a request asks for the int8 path (``int8``: the torch int8 path, as before backends were chosen)."""
+    choice = load_choice(path)
+    if int8 or choice.parsed.is_reference:
+        return maybe_int8(model, int8)
+    try:
+        return apply_backend(model, Path(path), choice.parsed, kind, settings.torch_threads)
+    except BackendUnavailable as exc:
+        log.warning("model %s: %s chosen, but unavailable here (%s): served by torch fp32", path, choice.backend, exc)
+        return model
+
+
 def served_embedder(settings: Settings, row: Model, max_seq_length: int | None, int8: bool = False) -> Served:
     path = model_path(settings, row)
     device = resolve_device(settings.device)
 
     def load() -> Served:
-        model = maybe_int8(load_embedder(path, device, max_seq_length), int8)
+        model = on_chosen_backend(settings, load_embedder(path, device, max_seq_length), path, "embedder", int8)
         batcher = embedding_batcher(model, row.id, batch_limits(settings, settings.batch_max_rows))
         return Served(model, batcher, PrivateTokenizer(model.tokenizer))
 
@@ -96,7 +115,8 @@ def served_reranker(settings: Settings, row: Model, force: bool = False, int8: b
     max_length = row.config.get("max_length")
 
     def load() -> Served:
-        model = maybe_int8(_load_checked_reranker(path, row.id, device, max_length, force), int8)
+        loaded = _load_checked_reranker(path, row.id, device, max_length, force)
+        model = on_chosen_backend(settings, loaded, path, "reranker", int8)
         rows = settings.rerank_batch_size or default_rerank_batch_size(model.device.type)
         return Served(
             model, rerank_batcher(model, row.id, batch_limits(settings, rows)), PrivateTokenizer(model.tokenizer)

@@ -40,7 +40,8 @@ def get_model(model_id: str, db: DbSession, settings: SettingsDep) -> ModelOut:
 
 
 def _model_out(settings: Settings, row: Model) -> ModelOut:
-    return ModelOut.model_validate(row).model_copy(update=models.calibration_view(settings, row))
+    views = models.calibration_view(settings, row) | models.serving_backend_view(settings, row)
+    return ModelOut.model_validate(row).model_copy(update=views)
 
 
 @router.get(
