@@ -30,6 +30,7 @@ from app.services.artifacts import MANIFEST
 from tests.conftest import S3Server, missing, scifact_slice_zip
 from tests.integration.conftest import ADMIN_KEY, ROOT, Service, job_finished, upload_dataset
 from tests.integration.netns import Host, Network, log_tail, unsupported
+from tests.integration.store_view import store_view
 from tests.integration.test_artifact_store_s3 import SMALL_EVAL, TINY, _cached, _only_cache
 
 PARAMS = {**TINY, "checkpoint_steps": 2, "max_steps": 3}  # killed after the checkpoint at 2; 3 on w2
@@ -145,7 +146,7 @@ def _launch_api_and_beat(net: Network, env: dict[str, str], data_dir: Path) -> t
         host.wait_ready("api", proc, lambda: client.get("/health").status_code == 200, 180)
         host.wait_ready("beat", beat, lambda: _logged(host, "beat", "beat: Starting"), 180)
 
-    return Service("netns", url, data_dir, client, host.log("api")), wait
+    return Service("netns", url, data_dir, client, host.log("api"), store_view(env, data_dir)), wait
 
 
 @pytest.fixture(scope="module")
