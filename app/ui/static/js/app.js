@@ -52,8 +52,7 @@ function signInView() {
       session.key = input.value.trim();
       sessionStorage.setItem(SCOPE, found.scope);
       sessionStorage.setItem(`${SCOPE}.denied`, found.writeDenied || "");
-      location.hash = "#/jobs";
-      route();
+      navigate("#/jobs");
     } catch (err) {
       showError(error, err);
     }
@@ -65,8 +64,15 @@ function signOut() {
   session.key = null;
   sessionStorage.removeItem(SCOPE);
   sessionStorage.removeItem(`${SCOPE}.denied`);
-  location.hash = "";
-  route();
+  navigate("");
+}
+
+/** Show ``hash``'s view once: a changed hash renders through its hashchange event, the same hash here. Setting
+ * the hash and also calling route() rendered the view twice at once, and the later render replaced the page
+ * the user was already typing in (an error shown at the job form vanished). */
+function navigate(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
 }
 
 const ROUTES = [
