@@ -85,6 +85,16 @@ class Service:
         pytest.fail(f"timed out waiting on {path}: {body}\n--- service log ---\n{self.log_tail()}")
 
 
+def eventually(condition, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``condition()`` holds: what a worker does just after it commits a status (removing a
+    succeeded job's checkpoints, say) is seen a moment after the API shows that status."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout:.0f} s, still not: {what}")
+        time.sleep(0.2)
+
+
 def zip_bytes(files: Mapping[str, str | bytes]) -> bytes:
     """A zip archive of ``files`` (name -> content), built in memory."""
     buf = io.BytesIO()

@@ -25,6 +25,7 @@ from tests.conftest import S3Server, scifact_slice_zip
 from tests.integration.conftest import (
     Service,
     drop_pg_database,
+    eventually,
     job_finished,
     postgres_redis_env,
     run_job,
@@ -165,4 +166,5 @@ def test_job_resumes_on_another_data_dir_after_its_worker_is_killed(hosts: Hosts
     points = client.get(f"/jobs/{job['id']}/metrics").json()["points"]
     assert [p["step"] for p in points if p["name"] == "loss"] == list(range(1, params["max_steps"] + 1))
     assert hosts.published(f"models/{final['model_id']}")
-    assert not (fresh / "work" / job["id"]).exists() and not hosts.keys(f"work/{job['id']}/")
+    work = fresh / "work" / job["id"]
+    eventually(lambda: not work.exists() and not hosts.keys(f"work/{job['id']}/"), "a success removes the checkpoints")

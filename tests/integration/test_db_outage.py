@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SMALL_EVAL, job_finished, start_service, start_worker, stop_service
+from tests.integration.conftest import SMALL_EVAL, eventually, job_finished, start_service, start_worker, stop_service
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_faults import TINY
 
@@ -54,8 +54,11 @@ def test_job_trains_through_a_database_outage_and_loses_no_metric(
         assert final["status"] == "succeeded", (final, service.log_tail())
         assert final["attempts"] == 1, "the job was never failed, nor taken over"
         _assert_complete_and_once(service, final, cut_at, restored_at)
-        assert not (worker_dir / "work" / job["id"]).exists(), "a success removes the checkpoints"
-        assert not service.store.leftovers(f"work/{job['id']}"), "here and in the store"
+        work = worker_dir / "work" / job["id"]
+        eventually(
+            lambda: not work.exists() and not service.store.leftovers(f"work/{job['id']}"),
+            "a success removes the checkpoints, here and in the store",
+        )
     finally:
         proxy.stop()
         stop_service(proc)

@@ -28,7 +28,7 @@ import pytest
 
 from app.services.artifacts import MANIFEST
 from tests.conftest import S3Server, missing, scifact_slice_zip
-from tests.integration.conftest import ADMIN_KEY, ROOT, Service, job_finished, upload_dataset
+from tests.integration.conftest import ADMIN_KEY, ROOT, Service, eventually, job_finished, upload_dataset
 from tests.integration.netns import Host, Network, log_tail, unsupported
 from tests.integration.store_view import store_view
 from tests.integration.test_artifact_store_s3 import SMALL_EVAL, TINY, _cached, _only_cache
@@ -242,4 +242,5 @@ def test_job_survives_its_host_and_another_host_serves_the_model(cluster: Cluste
         _only_cache(data_dir)
     assert any(p.name.startswith(f"indexes__{index['id']}--") for p in _cached(api.data_dir))
     assert any(p.name.startswith(f"datasets__{dataset_id}--") for p in _cached(w2_dir))
-    assert not (w2_dir / "work" / job["id"]).exists() and not cluster.keys(f"retune/work/{job['id']}/")
+    work = w2_dir / "work" / job["id"]
+    eventually(lambda: not work.exists() and not cluster.keys(f"retune/work/{job['id']}/"), "checkpoints removed")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, Service, start_service, stop_service
+from tests.integration.conftest import ROOT, Service, eventually, start_service, stop_service
 
 MAX_STEPS = 12
 PARAMS = {
@@ -112,5 +112,6 @@ def _kill_and_resume(
     logged = [p["value"] for p in points if p["name"] == "learning_rate"]
     expected = expected_learning_rates(MAX_STEPS, PARAMS["warmup_ratio"], PARAMS["learning_rate"])
     assert logged == pytest.approx(expected, rel=1e-6, abs=1e-12), (logged, expected)
-    assert not (service.data_dir / "work" / job["id"]).exists(), "the work dir is removed when the job ends"
+    work = service.data_dir / "work" / job["id"]
+    eventually(lambda: not work.exists(), "the work dir is removed when the job ends")
     return worker

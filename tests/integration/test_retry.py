@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ADMIN_KEY, ROOT, SMALL_EVAL, Service, job_finished, start_service, stop_service
+from tests.integration.conftest import (
+    ADMIN_KEY,
+    ROOT,
+    SMALL_EVAL,
+    Service,
+    eventually,
+    job_finished,
+    start_service,
+    stop_service,
+)
 from tests.integration.test_faults import TINY
 
 STEPS = 4
@@ -60,8 +69,10 @@ def _fail_then_retry(service: Service, scifact_zip: bytes) -> None:
     found = client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
     statuses = [e["data"]["status"] for e in found if e["type"] == "status"]
     assert statuses == ["queued", "running", "failed", "queued", "resumed", "succeeded"], statuses
-    assert not work.exists(), "a success removes the checkpoints"
-    assert not service.store.leftovers(f"work/{job['id']}"), "here and in the store"
+    eventually(
+        lambda: not work.exists() and not service.store.leftovers(f"work/{job['id']}"),
+        "a success removes the checkpoints, here and in the store",
+    )
 
     again = client.post(f"/jobs/{job['id']}/retry")
     assert again.status_code == 409 and "succeeded" in again.json()["detail"], again.text
