@@ -22,6 +22,7 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from app.core.config import Settings, get_settings
 from app.db.session import session_scope
 from app.db.tables import Dataset, Index, Job, new_id, utcnow
+from app.evaluation.retrieval import KnownVectors
 from app.ingest import DatasetFormatError
 from app.retrieval.device import resolve_device
 from app.retrieval.embedder import EmbedderConfig, load_embedder
@@ -34,9 +35,9 @@ from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
 from app.services.provenance import trained_hashes, write_provenance
 from app.services.serving_backend import choose_for_job
 from app.services.write_buffer import ClaimLost, DatabaseUnreachable, is_unreachable
-from app.training.checkpoints import last_checkpoint
+from app.training.checkpoints import last_checkpoint, load_first_stage_run
 from app.training.common import TrainingOutcome
-from app.training.data import EvalSpec, PreparedData, prepare, read_training_split
+from app.training.data import VALIDATION_ROLE, EvalSpec, PreparedData, prepare, read_training_split
 from app.training.distributed import train_embedder_on_devices
 from app.training.embedder import train_embedder
 from app.training.mining import mine_hard_negatives
@@ -267,7 +268,8 @@ def _train_and_publish(
     outcome: TrainingOutcome
     if job.kind == "embedder":
         params = EmbedderParams(**job.params)
-        train, device = _embedder_training(params, device, settings)
+        train, device = _embedder_training(params, device, settings, index_vectors(
+            settings, job.dataset_id, base_row and base_row.id, base_config))  # fmt: skip
         outcome = train(
             base_path, data, params, work_dir, observer, device,
             base_config if base_row is not None else None, on_checkpoint=push,
@@ -284,18 +286,34 @@ def _train_and_publish(
         return "left running"
     inherited = [trained_hashes(settings, base_row), trained_hashes(settings, candidate_row)]
     write_provenance(outcome.model_dir, job.dataset_id, data.train_queries, inherited)
-    recall_k = RerankerParams(**job.params).recall_k if job.kind == "reranker" else 100
-    choose_for_job(settings, job.kind, outcome.model_dir, outcome.config, data, observer,
-                   (candidate_path, candidate_config), recall_k)  # fmt: skip
+    _choose_serving_backend(job, settings, outcome, data, observer, work_dir, (candidate_path, candidate_config))
     return _publish_model(job, settings, observer, store, outcome)
 
 
-def _embedder_training(params: EmbedderParams, device: str, settings: Settings) -> tuple[Callable[..., Any], str]:
-    """One device: the in-process trainer (on the one named, if named); several: the DDP launcher, one
-    process per device, each with this worker's torch thread count."""
+def _choose_serving_backend(
+    job: Job, settings: Settings, outcome: TrainingOutcome, data: PreparedData, observer: SqlObserver,
+    work_dir: Path, candidate: tuple[str, EmbedderConfig],
+) -> None:  # fmt: skip
+    """The end-of-job gate; a reranker's is run on the first-stage candidates its job saved."""
+    if job.kind == "reranker":
+        recall_k = RerankerParams(**job.params).recall_k
+        saved_run = (load_first_stage_run(work_dir) or {}).get(VALIDATION_ROLE)
+    else:
+        recall_k, saved_run = 100, None
+    choose_for_job(settings, job.kind, outcome.model_dir, outcome.config, data, observer, candidate,
+                   recall_k, saved_run)  # fmt: skip
+
+
+def _embedder_training(
+    params: EmbedderParams, device: str, settings: Settings, known_vectors: Callable[[], KnownVectors | None]
+) -> tuple[Callable[..., Any], str]:
+    """One device: the in-process trainer (on the one named, if named), which reads the base model's index
+    vectors for its step 0 when there are some; several: the DDP launcher, one process per device, each with
+    this worker's torch thread count (its rank 0 encodes the corpus itself)."""
     if params.device_count > 1:
         return partial(train_embedder_on_devices, threads=settings.torch_threads), device
-    return train_embedder, params.devices[0] if isinstance(params.devices, list) else device
+    one_device = params.devices[0] if isinstance(params.devices, list) else device
+    return partial(train_embedder, known_vectors=known_vectors), one_device
 
 
 def _publish_model(

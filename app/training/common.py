@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,9 @@ from app.evaluation.verdict import Verdict
 from app.training.params import TrainingParams
 
 if TYPE_CHECKING:
+    from app.evaluation.retrieval import CorpusVectors, KnownVectors
     from app.training.callbacks import BestModel
+    from app.training.observer import TrainingObserver
 
 
 @dataclass
@@ -91,3 +94,19 @@ def set_attention_dropout(model: Any, probability: float | None) -> int:
             dropout.p = probability
             changed += 1
     return changed
+
+
+def reused_encoding(
+    known_vectors: Callable[[], KnownVectors | None] | None, doc_ids: list[str], observer: TrainingObserver,
+    stage: str,
+) -> CorpusVectors | None:  # fmt: skip
+    """The corpus's vectors when the same model in the same configuration encoded them already (an index of
+    it over the same dataset), in ``doc_ids``' order; None when there are none or they lack a passage.
+    Encoding the corpus is most of a job's step 0 on a CPU."""
+    known = known_vectors() if known_vectors is not None else None
+    encoded = known.encoded.restricted_to(doc_ids) if known is not None else None
+    if known is not None and encoded is None:
+        observer.on_message(f"{stage}: {known.source} lacks some of this job's passages; encoding the corpus")
+    elif known is not None and encoded is not None:
+        observer.on_message(f"{stage}: reused the vectors of {known.source} ({len(encoded.doc_ids)} passages)")
+    return encoded

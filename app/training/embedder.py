@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.evaluation.retrieval import encode_corpus, evaluate_queries
+from app.evaluation.retrieval import CorpusVectors, KnownVectors, encode_corpus, evaluate_queries
 from app.evaluation.verdict import Verdict, judge
 from app.retrieval.embedder import (
     EmbedderConfig,
@@ -41,7 +41,13 @@ from app.training.checkpoints import (
     save_rows,
     trainer_dir,
 )
-from app.training.common import TrainingOutcome, checkpoint_arguments, set_attention_dropout, trainer_arguments
+from app.training.common import (
+    TrainingOutcome,
+    checkpoint_arguments,
+    reused_encoding,
+    set_attention_dropout,
+    trainer_arguments,
+)
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
 from app.training.params import EmbedderParams
@@ -158,9 +164,11 @@ def train_embedder(
     base_config: EmbedderConfig | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
     world: World | None = None,
+    known_vectors: Callable[[], KnownVectors | None] | None = None,
 ) -> TrainingOutcome:
     """``base_config``: how the base model is used (its registry entry); default: read from the model itself.
     ``on_checkpoint(step)``: called after each checkpoint is saved in ``work_dir``.
+    ``known_vectors``: asked once, by a first attempt, for the corpus as the base model already encoded it.
     ``world``: this is rank 0 of a DDP run (app.training.distributed); it alone evaluates, reports and saves,
     the other ranks (:func:`follow_embedder`) get its rows and train with it."""
     rng = random.Random(params.seed)
@@ -196,7 +204,9 @@ def train_embedder(
         observer.on_message(f"resumed from checkpoint at step {checkpoint_step(resume_from)}")
     else:
         resume_from = None
-        base, base_test, rows, why = _measure_base_and_build_rows(model, base_config, data, params, observer, rng)
+        known = reused_encoding(known_vectors, list(data.corpus), observer, "step 0")
+        base, base_test, rows, why = _measure_base_and_build_rows(model, base_config, data, params, observer, rng,
+                                                                  known)  # fmt: skip
         base_metrics = base.metrics
         best.offer(0, base_metrics)
         RunState(base_metrics=base_metrics, base_test=base_test).save(work_dir)
@@ -283,12 +293,16 @@ def _measure_base_and_build_rows(
     params: EmbedderParams,
     observer: TrainingObserver,
     rng: random.Random,
+    known: CorpusVectors | None = None,
 ) -> tuple[Any, dict[str, dict[str, float]], dict[str, list[Any]], str]:
-    """Step 0: the base model as it is used, on validation and test (one corpus encoding); the training rows
-    are mined from the same vectors. Test is touched here and once more, for the chosen model."""
+    """Step 0: the base model as it is used, on validation and test (one corpus encoding, or ``known``, the
+    same vectors from an index); the training rows are mined from them. Test is touched here and once more,
+    for the chosen model."""
     _use(model, base_config)
-    observer.on_message(f"step 0: evaluating the base model (encoding {len(data.corpus)} documents)")
-    encoded = encode_corpus(model, base_config, data.corpus, observer.should_stop, "the step-0 evaluation")
+    encoded = known
+    if encoded is None:
+        observer.on_message(f"step 0: evaluating the base model (encoding {len(data.corpus)} documents)")
+        encoded = encode_corpus(model, base_config, data.corpus, observer.should_stop, "the step-0 evaluation")
     validation = evaluate_queries(model, base_config, encoded, data.validation_queries, data.validation_qrels)
     test = evaluate_queries(model, base_config, encoded, data.eval_queries, data.eval_qrels)
     _record(observer, 0, 0.0, validation.metrics, data.split(VALIDATION_ROLE))

@@ -47,7 +47,7 @@ from app.training.checkpoints import (
     save_rows,
     trainer_dir,
 )
-from app.training.common import TrainingOutcome, checkpoint_arguments, trainer_arguments
+from app.training.common import TrainingOutcome, checkpoint_arguments, reused_encoding, trainer_arguments
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_scored_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
 from app.training.params import RerankerParams
@@ -215,7 +215,7 @@ def _start(
     known_vectors: Callable[[], KnownVectors | None] | None = None,
 ) -> tuple[dict[str, list[Any]], dict[str, dict[str, dict[str, float]]], dict[str, float], dict]:
     """A first attempt: the first stage on validation and test (the base: measured once here), the rows."""
-    encoded = _reused_encoding(known_vectors, data, observer)
+    encoded = reused_encoding(known_vectors, list(data.corpus), observer, "first stage")
     first = _first_stage(data, params, device, candidate_path, candidate_config, observer.should_stop, encoded)
     runs = {VALIDATION_ROLE: first.run, TEST_ROLE: first.test_run}
     save_first_stage_run(work_dir, runs)
@@ -228,20 +228,6 @@ def _start(
         for name, value in metrics.items():
             observer.on_metric(0, 0.0, name, value, data.split(role, "/first_stage"))
     return rows, runs, first.metrics, first.test_per_query
-
-
-def _reused_encoding(
-    known_vectors: Callable[[], KnownVectors | None] | None, data: PreparedData, observer: TrainingObserver
-) -> CorpusVectors | None:
-    """The candidate's vectors of this job's corpus when they exist already (an index of the same model
-    over the same dataset): encoding the corpus is most of a reranker job's step 0 on a CPU."""
-    known = known_vectors() if known_vectors is not None else None
-    encoded = known.encoded.restricted_to(list(data.corpus)) if known is not None else None
-    if known is not None and encoded is None:
-        observer.on_message(f"first stage: {known.source} lacks some of this job's passages; encoding the corpus")
-    elif encoded is not None:
-        observer.on_message(f"first stage: reused the vectors of {known.source} ({len(encoded.doc_ids)} passages)")
-    return encoded
 
 
 def _evaluate_on_validation(model: CrossEncoder, run: _Run, step: int, epoch: float) -> None:

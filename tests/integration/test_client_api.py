@@ -9,10 +9,16 @@ import httpx
 import pytest
 
 from tests.conftest import scifact_slice_zip
-from tests.integration.conftest import TRAINING_LINE, Service, job_finished, upload_beir
+from tests.integration.conftest import BEIR_TINY, TRAINING_LINE, Service, job_finished, upload_beir
 
 TINY_JOB = {"max_steps": 3, "batch_size": 4, "passage_max_len": 64, "logging_steps": 1, "max_train_queries": 8}
 TINY_EVAL = {"split": "test", "max_queries": 4, "max_corpus_docs": 30}
+# Four documents, one judged test query and two judged training queries (one of them for validation).
+BEIR_TWO_TRAINING = BEIR_TINY | {
+    "corpus.jsonl": BEIR_TINY["corpus.jsonl"] + '{"_id": "d4", "text": "delta"}\n',
+    "queries.jsonl": BEIR_TINY["queries.jsonl"] + '{"_id": "q3", "text": "third"}\n',
+    "qrels/train.tsv": BEIR_TINY["qrels/train.tsv"] + "q3\td4\t1\n",
+}
 
 
 def _sse(service: Service, job_id: str, last_event_id: int | None = None, stop_after: int | None = None) -> list[dict]:
@@ -147,10 +153,16 @@ def test_index_delete_alias_conflict_and_training_file_refused(service: Service)
     refused = client.post("/indexes", json={"dataset_id": training["id"], "model_id": "all-MiniLM-L6-v2"})
     assert refused.status_code == 422 and "corpus.jsonl" in refused.json()["detail"], refused.text
 
-    dataset = upload_beir(service, "to-index")
+    dataset = upload_beir(service, "to-index", BEIR_TWO_TRAINING)
     index = client.post("/indexes", json={"dataset_id": dataset["id"], "model_id": "all-MiniLM-L6-v2"}).json()
     index = service.wait_for(f"/indexes/{index['id']}", lambda i: i["status"] != "building", timeout=300)
     assert index["status"] == "ready", index
+    # A job on the indexed model and dataset reads its step 0's vectors from the index: no second encoding.
+    body = {"kind": "embedder", "dataset_id": dataset["id"], "eval": {"split": "test"}, "params": {"max_steps": 1}}
+    job = client.post("/jobs", json=body)
+    job = service.wait_for(f"/jobs/{job.json()['id']}", job_finished, timeout=300)
+    assert job["status"] == "succeeded", (job, service.log_tail())
+    assert f"step 0: reused the vectors of index {index['id']} (4 passages)" in job["message"], job["message"]
     assert client.put("/aliases/to-delete", json={"index_id": index["id"]}).status_code == 200
     conflict = client.delete(f"/indexes/{index['id']}")
     assert conflict.status_code == 409 and "to-delete" in conflict.json()["detail"], conflict.text

@@ -6,9 +6,10 @@ import io
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from app.evaluation.retrieval import evaluate_embedder
+from app.evaluation.retrieval import CorpusVectors, KnownVectors, encode_corpus, evaluate_embedder
 from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.services.models import bundled_model_path
 from app.training.data import EvalSpec, prepare
@@ -75,3 +76,31 @@ def test_a_job_that_changes_nothing_is_not_better(scifact_slice, tmp_path):
     outcome = train_embedder(bundled_model_path(), data, params, tmp_path, RecordingObserver(), "cpu")
     assert outcome.verdict is not None and outcome.verdict.result == "not_better"
     assert outcome.verdict.delta == pytest.approx(0.0, abs=1e-9) and not outcome.better_than_base
+
+
+def test_step_0_reads_the_vectors_an_index_of_the_base_holds(scifact_slice, tmp_path):
+    """An index of the base model over the dataset (its rows in another order, with a passage more) stands in
+    for step 0's corpus encoding; a set that lacks one of the job's passages is not used."""
+    data = prepare(scifact_slice, "beir", EvalSpec(split="test"))
+    base = load_embedder(bundled_model_path(), "cpu")
+    config = EmbedderConfig(max_seq_length=256)
+    ids = list(reversed(data.corpus))
+    rows = encode_corpus(base, config, {d: data.corpus[d] for d in ids})
+    extra = CorpusVectors(np.vstack([rows.vectors, rows.vectors[:1]]), [*ids, "not-in-this-job"])
+    params = EmbedderParams(max_steps=1, batch_size=4, learning_rate=1e-12, seed=1)
+    expected = evaluate_embedder(base, config, data.corpus, data.validation_queries, data.validation_qrels).metrics
+
+    observer = RecordingObserver()
+    train_embedder(bundled_model_path(), data, params, tmp_path / "a", observer, "cpu",
+                   known_vectors=lambda: KnownVectors(extra, "index i1"))  # fmt: skip
+    assert any(m.startswith(f"step 0: reused the vectors of index i1 ({len(ids)} passages)") for m in observer.messages)
+    assert not any("encoding" in m and m.startswith("step 0") for m in observer.messages), observer.messages
+    step0 = {n: v for s, n, v, sp in observer.metrics if s == 0 and sp == "validation"}
+    assert step0["ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-6)
+
+    lacking = CorpusVectors(rows.vectors[1:], ids[1:])
+    observer = RecordingObserver()
+    train_embedder(bundled_model_path(), data, params, tmp_path / "b", observer, "cpu",
+                   known_vectors=lambda: KnownVectors(lacking, "index i2"))  # fmt: skip
+    assert any("index i2 lacks some of this job's passages" in m for m in observer.messages)
+    assert any(m.startswith(f"step 0: evaluating the base model (encoding {len(ids)}") for m in observer.messages)

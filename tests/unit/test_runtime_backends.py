@@ -18,6 +18,7 @@ import pytest
 from app.core.config import Settings
 from app.db.tables import Model
 from app.evaluation.backend_gate import choose_backend, embedder_candidate
+from app.evaluation.retrieval import evaluate_embedder
 from app.ingest.types import Document
 from app.retrieval.backends.base import RuntimeModule
 from app.retrieval.backends.choice import CHOICE_FILE, load_choice
@@ -192,6 +193,24 @@ def test_job_end_gate_of_a_reranker_reranks_the_first_stage_top_k(reranker_dir, 
     assert choice.gate["verdict"]["queries"] == 10 and (folder / RUNTIME_DIR / "onnx-fp32").is_dir()
     served = on_chosen_backend(settings, load_reranker(str(folder), "cpu"), str(folder), "reranker", int8=False)
     assert isinstance(served[0].model, RuntimeModule)
+
+
+def test_a_reranker_gate_given_the_jobs_saved_run_encodes_nothing(reranker_dir, exported, scifact, tmp_path) -> None:
+    """The job's saved first-stage run stands in for the embedder: a path that cannot load proves none is loaded,
+    and the verdict is the one the embedder's own run gives."""
+    settings = Settings(data_dir=tmp_path / "data", serving_backends=["onnx-fp32"])
+    build_export(reranker_dir, FP32, "reranker", lambda: load_reranker(str(reranker_dir), "cpu"))
+    _, queries, qrels = scifact
+    data = PreparedData(_documents(scifact), {}, {}, {}, {}, "none", validation_queries=queries, validation_qrels=qrels)
+    embedder = load_embedder(str(exported), "cpu")
+    saved = evaluate_embedder(embedder, EmbedderConfig(), data.corpus, queries, qrels, top_k=5).run
+    gates = []
+    for first_stage, run in (((str(exported), EmbedderConfig()), None), (("/no/such/model", EmbedderConfig()), saved)):
+        folder = _linked_copy(reranker_dir, tmp_path / f"reranker-{len(gates)}")
+        choice = choose_for_job(settings, "reranker", folder, {}, data, RecordingObserver(), first_stage, 5, run)
+        assert choice is not None
+        gates.append(choice.gate["verdict"])
+    assert gates[0] == gates[1]
 
 
 def test_the_gate_reads_the_interval_and_settings_name_known_backends() -> None:
