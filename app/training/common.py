@@ -39,13 +39,47 @@ class TrainingOutcome:
         )
 
 
-def precision_flags(device: str) -> dict[str, bool]:
-    """bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU."""
-    if not device.startswith("cuda"):
-        return {}
-    import torch
+def precision_flags(device: str, precision: str = "auto") -> dict[str, bool]:
+    """TrainingArguments' mixed-precision flags for ``precision`` on ``device``.
 
-    return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    auto: bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU. bf16: autocast on a CUDA
+    GPU with bf16 or a CPU with AMX / AVX512-BF16; elsewhere a ValueError, not a silently emulated (slow)
+    bf16. The weights, the optimiser state and the saved model stay fp32 either way.
+    """
+    if precision == "fp32":
+        return {}
+    cuda = device.startswith("cuda")
+    if precision == "auto":
+        if not cuda:
+            return {}
+        import torch
+
+        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    if precision != "bf16":
+        raise ValueError(f"params.precision: unknown precision {precision!r}")
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError(f"params.precision 'bf16': {device} has no bf16 support; use 'auto' (fp16 AMP) or 'fp32'")
+        return {"bf16": True}
+    from app.retrieval.backends.torch_backend import cpu_has_bf16
+
+    if device != "cpu" or not cpu_has_bf16():
+        raise ValueError(
+            f"params.precision 'bf16': this worker's {device} has no bf16 instructions (AMX or AVX512-BF16), "
+            "where bf16 would be emulated and slower than fp32; use 'auto' or 'fp32'"
+        )
+    return {"bf16": True}
+
+
+def precision_message(device: str, flags: dict[str, bool]) -> str:
+    """The job's note of the precision its training steps run in (the saved weights are fp32 either way)."""
+    if flags.get("bf16"):
+        return f"training precision: bf16 autocast on {device} (weights and the saved model stay fp32)"
+    if flags.get("fp16"):
+        return f"training precision: fp16 AMP on {device} (weights and the saved model stay fp32)"
+    return f"training precision: fp32 on {device}"
 
 
 def trainer_arguments(params: TrainingParams, output_dir: Path, device: str, n_rows: int) -> dict[str, Any]:
@@ -63,7 +97,7 @@ def trainer_arguments(params: TrainingParams, output_dir: Path, device: str, n_r
         "report_to": "none",
         "disable_tqdm": True,
         "use_cpu": device == "cpu",
-        **precision_flags(device),
+        **precision_flags(device, params.precision),
     }
 
 

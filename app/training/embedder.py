@@ -41,7 +41,14 @@ from app.training.checkpoints import (
     save_rows,
     trainer_dir,
 )
-from app.training.common import TrainingOutcome, checkpoint_arguments, set_attention_dropout, trainer_arguments
+from app.training.common import (
+    TrainingOutcome,
+    checkpoint_arguments,
+    precision_flags,
+    precision_message,
+    set_attention_dropout,
+    trainer_arguments,
+)
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
 from app.training.params import EmbedderParams
@@ -164,6 +171,7 @@ def train_embedder(
     ``world``: this is rank 0 of a DDP run (app.training.distributed); it alone evaluates, reports and saves,
     the other ranks (:func:`follow_embedder`) get its rows and train with it."""
     rng = random.Random(params.seed)
+    precision = precision_message(device, precision_flags(device, params.precision))  # refused before any work
     work_dir.mkdir(parents=True, exist_ok=True)
     model = load_embedder(base_path, device)
     set_attention_dropout(model, params.attention_dropout)
@@ -203,6 +211,7 @@ def train_embedder(
         save_rows(work_dir, rows)
         observer.on_message(_overrides(base_config, config))
         observer.on_message(why)
+    observer.on_message(precision)
     if world is not None:
         world.share((rows, str(resume_from) if resume_from else None, config))
     stop_if_asked(observer, "preparing the training")

@@ -34,6 +34,12 @@ class TrainingParams(BaseModel):
     )
     train_split: str = Field("train", description="BEIR qrels split to train on.")
     max_train_queries: int | None = Field(None, ge=1, description="Train on a seeded sample of this many queries.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Training steps' precision. bf16: autocast (weights, optimiser and saved model stay fp32) on a "
+        "CUDA GPU with bf16 or a CPU with AMX / AVX512-BF16, else the job fails; fp32: full precision; auto: bf16 "
+        "or fp16 AMP on CUDA, fp32 on CPU (docs/training.md, Precision).",
+    )
 
 
 class EmbedderParams(TrainingParams):

@@ -47,7 +47,13 @@ from app.training.checkpoints import (
     save_rows,
     trainer_dir,
 )
-from app.training.common import TrainingOutcome, checkpoint_arguments, trainer_arguments
+from app.training.common import (
+    TrainingOutcome,
+    checkpoint_arguments,
+    precision_flags,
+    precision_message,
+    trainer_arguments,
+)
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_scored_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
 from app.training.params import RerankerParams
@@ -131,6 +137,7 @@ def train_reranker(
     ``known_vectors``: asked once, by a first attempt, for the corpus as the candidate already encoded it."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
+    precision = precision_message(device, precision_flags(device, params.precision))  # refused before any work
     work_dir.mkdir(parents=True, exist_ok=True)
     resume_from = last_checkpoint(work_dir)
     state = RunState.load(work_dir) if resume_from else None
@@ -170,6 +177,7 @@ def train_reranker(
 
     train_dataset = Dataset.from_dict(rows)
     stop_if_asked(observer, "preparing the training")
+    observer.on_message(precision)
     args = CrossEncoderTrainingArguments(
         **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset))
         | checkpoint_arguments(params)
