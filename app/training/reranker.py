@@ -52,7 +52,9 @@ from app.training.common import (
     checkpoint_arguments,
     precision_flags,
     precision_message,
+    served_forward,
     trainer_arguments,
+    unwrap_forward,
 )
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_scored_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
@@ -163,7 +165,8 @@ def train_reranker(
                dict(state.fusion_weights) if state is not None else {}, best, best_dir, candidate_id)  # fmt: skip
 
     def evaluate(step: int, epoch: float) -> None:
-        _evaluate_on_validation(model, run, step, epoch)
+        with served_forward(model):  # fp32, as served, also inside a mixed-precision run
+            _evaluate_on_validation(model, run, step, epoch)
         run.save(work_dir)
 
     if state is not None and resume_from is not None:
@@ -194,6 +197,7 @@ def train_reranker(
         callbacks=[callback, *([CheckpointSaved(on_checkpoint)] if on_checkpoint else [])],
     )
     trainer.train(resume_from_checkpoint=resume_from)
+    unwrap_forward(trainer)
     if callback.cancelled:
         raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}")
     if callback.last_evaluated_step != trainer.state.global_step:

@@ -3,6 +3,7 @@ and a tiny bf16 run on a CPU that has it (autocast really on, losses close to fp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,12 +17,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 from safetensors import safe_open
+from transformers import TrainerCallback
 
 from app.ingest import TrainingExample, write_training_examples
 from app.retrieval.backends import torch_backend
 from app.retrieval.backends.torch_backend import cpu_has_bf16
 from app.retrieval.embedder import EmbedderConfig, load_embedder
-from app.training.common import precision_flags, trainer_arguments
+from app.training.common import precision_flags, served_forward, trainer_arguments
 from app.training.data import EvalSpec, PreparedData, prepare
 from app.training.distributed import train_embedder_on_devices
 from app.training.embedder import _fit, train_embedder
@@ -135,16 +137,31 @@ def test_a_bf16_run_is_close_to_fp32_and_saves_fp32_weights(base_without_dropout
 
 
 @needs_cpu_bf16
-def test_the_trainer_runs_the_forward_in_bf16(base_without_dropout, data, tmp_path: Path):
-    """The job's own Trainer (``_fit``): the layers' outputs while training are bf16, the weights fp32."""
+def test_the_trainer_runs_the_forward_in_bf16_and_evaluations_in_fp32(base_without_dropout, tmp_path: Path):
+    """The job's own Trainer (``_fit``): layer outputs are bf16 in training steps, fp32 in an evaluation from
+    a callback (``served_forward``) and after training, as search serves the model; the weights stay fp32."""
     model = load_embedder(base_without_dropout, "cpu")
-    seen: set[torch.dtype] = set()
+    seen: list[torch.dtype] = []
     linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
-    linear.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+    linear.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    in_run: dict[str, set[torch.dtype]] = {}
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, *args: object, **kwargs: object) -> None:
+            in_run["steps"] = set(seen)
+            for name, context in (("wrapped", contextlib.nullcontext()), ("served", served_forward(model))):
+                seen.clear()
+                with context:
+                    model.encode(["an evaluation text"])
+                in_run[name] = set(seen)
+
     rows = {"anchor": ["a query", "another query"], "positive": ["a passage", "another passage"]}
     _fit(model, EmbedderConfig(max_seq_length=16), rows, params(precision="bf16", max_steps=1, batch_size=2),
-         tmp_path, "cpu", [], None, None)  # fmt: skip
-    assert seen == {torch.bfloat16}
+         tmp_path, "cpu", [Probe()], None, None)  # fmt: skip
+    assert in_run == {"steps": {torch.bfloat16}, "wrapped": {torch.bfloat16}, "served": {torch.float32}}
+    seen.clear()
+    model.encode(["after training"])
+    assert set(seen) == {torch.float32}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
