@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,13 +43,73 @@ class TrainingOutcome:
         )
 
 
-def precision_flags(device: str) -> dict[str, bool]:
-    """bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU."""
-    if not device.startswith("cuda"):
-        return {}
-    import torch
+def precision_flags(device: str, precision: str = "auto", auto_cpu_bf16: bool = False) -> dict[str, bool]:
+    """TrainingArguments' mixed-precision flags for ``precision`` on ``device``.
 
-    return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    auto: bf16 where the GPU has it, else fp16 on CUDA; on CPU bf16 when ``auto_cpu_bf16`` (the model kind's
+    choice, see TrainingParams) and the CPU has bf16 instructions, else full precision. bf16: autocast on a CUDA
+    GPU with bf16 or a CPU with AMX / AVX512-BF16; elsewhere a ValueError, not a silently emulated (slow)
+    bf16. The weights, the optimiser state and the saved model stay fp32 either way.
+    """
+    if precision == "fp32":
+        return {}
+    cuda = device.startswith("cuda")
+    if precision == "auto":
+        if not cuda:
+            from app.retrieval.backends.torch_backend import cpu_has_bf16
+
+            return {"bf16": True} if auto_cpu_bf16 and device == "cpu" and cpu_has_bf16() else {}
+        import torch
+
+        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    if precision != "bf16":
+        raise ValueError(f"params.precision: unknown precision {precision!r}")
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError(f"params.precision 'bf16': {device} has no bf16 support; use 'auto' (fp16 AMP) or 'fp32'")
+        return {"bf16": True}
+    from app.retrieval.backends.torch_backend import cpu_has_bf16
+
+    if device != "cpu" or not cpu_has_bf16():
+        raise ValueError(
+            f"params.precision 'bf16': this worker's {device} has no bf16 instructions (AMX or AVX512-BF16), "
+            "where bf16 would be emulated and slower than fp32; use 'auto' or 'fp32'"
+        )
+    return {"bf16": True}
+
+
+def precision_message(device: str, flags: dict[str, bool]) -> str:
+    """The job's note of the precision its training steps run in (the saved weights are fp32 either way)."""
+    if flags.get("bf16"):
+        return f"training precision: bf16 autocast on {device} (weights and the saved model stay fp32)"
+    if flags.get("fp16"):
+        return f"training precision: fp16 AMP on {device} (weights and the saved model stay fp32)"
+    return f"training precision: fp32 on {device}"
+
+
+@contextmanager
+def served_forward(model: Any) -> Iterator[None]:
+    """``model`` runs as search serves it, in fp32, inside a mixed-precision run: accelerate wraps the trained
+    model's forward in autocast for the whole run, so an evaluation from a callback would otherwise score
+    bf16 (or fp16) inference, not the model a job publishes."""
+    original = model.__dict__.get("_original_forward")
+    if original is None:
+        yield
+        return
+    wrapped = model.__dict__["forward"]
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = wrapped
+
+
+def unwrap_forward(trainer: Any) -> None:
+    """After training: the model's own forward back (accelerate keeps its autocast wrapper otherwise), so the
+    final evaluation, the test and calibration see fp32 inference."""
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
 
 def trainer_arguments(params: TrainingParams, output_dir: Path, device: str, n_rows: int) -> dict[str, Any]:
@@ -66,7 +127,7 @@ def trainer_arguments(params: TrainingParams, output_dir: Path, device: str, n_r
         "report_to": "none",
         "disable_tqdm": True,
         "use_cpu": device == "cpu",
-        **precision_flags(device),
+        **precision_flags(device, params.precision, params.auto_cpu_bf16),
     }
 
 

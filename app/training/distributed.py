@@ -35,7 +35,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from app.retrieval.embedder import EmbedderConfig
-from app.training.common import TrainingOutcome
+from app.training.common import TrainingOutcome, precision_flags
 from app.training.data import PreparedData
 from app.training.observer import TrainingCancelled, TrainingObserver
 from app.training.params import EmbedderParams
@@ -308,6 +308,8 @@ def train_embedder_on_devices(
     ``threads``: torch CPU threads per rank. ``gather`` False: each rank's negatives are its own rows only
     (not what a job does; it shows what gathering changes)."""
     plan = plan_devices(params.devices, device)
+    for rank_device in set(plan.rank_devices):  # every rank trains in params.precision: refused before they start
+        precision_flags(rank_device, params.precision, params.auto_cpu_bf16)
     work_dir.mkdir(parents=True, exist_ok=True)
     job = RankJob(base_path, data, params, work_dir, base_config, plan, threads, gather)
     named = ", ".join(plan.named)

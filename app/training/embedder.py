@@ -44,9 +44,13 @@ from app.training.checkpoints import (
 from app.training.common import (
     TrainingOutcome,
     checkpoint_arguments,
+    precision_flags,
+    precision_message,
     reused_encoding,
+    served_forward,
     set_attention_dropout,
     trainer_arguments,
+    unwrap_forward,
 )
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
@@ -172,6 +176,8 @@ def train_embedder(
     ``world``: this is rank 0 of a DDP run (app.training.distributed); it alone evaluates, reports and saves,
     the other ranks (:func:`follow_embedder`) get its rows and train with it."""
     rng = random.Random(params.seed)
+    # An impossible precision fails the job here, before any work.
+    precision = precision_message(device, precision_flags(device, params.precision, params.auto_cpu_bf16))
     work_dir.mkdir(parents=True, exist_ok=True)
     model = load_embedder(base_path, device)
     set_attention_dropout(model, params.attention_dropout)
@@ -186,8 +192,9 @@ def train_embedder(
     last: dict[str, Any] = {}  # the newest validation evaluation's step and corpus vectors
 
     def evaluate(step: int, epoch: float) -> None:
-        encoded = encode_corpus(model, config, data.corpus, observer.should_stop, f"the evaluation at step {step}")
-        result = evaluate_queries(model, config, encoded, data.validation_queries, data.validation_qrels)
+        with served_forward(model):  # fp32, as served, also inside a bf16 run
+            encoded = encode_corpus(model, config, data.corpus, observer.should_stop, f"the evaluation at step {step}")
+            result = evaluate_queries(model, config, encoded, data.validation_queries, data.validation_qrels)
         _record(observer, step, epoch, result.metrics, data.split(VALIDATION_ROLE))
         best.offer(step, result.metrics)
         last.update(step=step, encoded=encoded)
@@ -213,6 +220,7 @@ def train_embedder(
         save_rows(work_dir, rows)
         observer.on_message(_overrides(base_config, config))
         observer.on_message(why)
+    observer.on_message(precision)
     if world is not None:
         world.share((rows, str(resume_from) if resume_from else None, config))
     stop_if_asked(observer, "preparing the training")
@@ -269,6 +277,7 @@ def _fit(
         callbacks=[*callbacks, *(world.callbacks() if world else [])],
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    unwrap_forward(trainer)
     return trainer
 
 

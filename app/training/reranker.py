@@ -47,7 +47,16 @@ from app.training.checkpoints import (
     save_rows,
     trainer_dir,
 )
-from app.training.common import TrainingOutcome, checkpoint_arguments, reused_encoding, trainer_arguments
+from app.training.common import (
+    TrainingOutcome,
+    checkpoint_arguments,
+    precision_flags,
+    precision_message,
+    reused_encoding,
+    served_forward,
+    trainer_arguments,
+    unwrap_forward,
+)
 from app.training.data import TEST_ROLE, VALIDATION_ROLE, PreparedData, judged_and_copies, mine_scored_negatives
 from app.training.observer import TrainingCancelled, TrainingObserver, stop_if_asked
 from app.training.params import RerankerParams
@@ -131,6 +140,8 @@ def train_reranker(
     ``known_vectors``: asked once, by a first attempt, for the corpus as the candidate already encoded it."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
+    # An impossible precision fails the job here, before any work.
+    precision = precision_message(device, precision_flags(device, params.precision, params.auto_cpu_bf16))
     work_dir.mkdir(parents=True, exist_ok=True)
     resume_from = last_checkpoint(work_dir)
     state = RunState.load(work_dir) if resume_from else None
@@ -156,7 +167,8 @@ def train_reranker(
                dict(state.fusion_weights) if state is not None else {}, best, best_dir, candidate_id)  # fmt: skip
 
     def evaluate(step: int, epoch: float) -> None:
-        _evaluate_on_validation(model, run, step, epoch)
+        with served_forward(model):  # fp32, as served, also inside a mixed-precision run
+            _evaluate_on_validation(model, run, step, epoch)
         run.save(work_dir)
 
     if state is not None and resume_from is not None:
@@ -170,6 +182,7 @@ def train_reranker(
 
     train_dataset = Dataset.from_dict(rows)
     stop_if_asked(observer, "preparing the training")
+    observer.on_message(precision)
     args = CrossEncoderTrainingArguments(
         **trainer_arguments(params, trainer_dir(work_dir), device, len(train_dataset))
         | checkpoint_arguments(params)
@@ -186,6 +199,7 @@ def train_reranker(
         callbacks=[callback, *([CheckpointSaved(on_checkpoint)] if on_checkpoint else [])],
     )
     trainer.train(resume_from_checkpoint=resume_from)
+    unwrap_forward(trainer)
     if callback.cancelled:
         raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}")
     if callback.last_evaluated_step != trainer.state.global_step:
