@@ -43,11 +43,10 @@ class TrainingOutcome:
         )
 
 
-def precision_flags(device: str, precision: str = "auto", auto_cpu_bf16: bool = False) -> dict[str, bool]:
+def precision_flags(device: str, precision: str = "auto") -> dict[str, bool]:
     """TrainingArguments' mixed-precision flags for ``precision`` on ``device``.
 
-    auto: bf16 where the GPU has it, else fp16 on CUDA; on CPU bf16 when ``auto_cpu_bf16`` (the model kind's
-    choice, see TrainingParams) and the CPU has bf16 instructions, else full precision. bf16: autocast on a CUDA
+    auto: bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU. bf16: autocast on a CUDA
     GPU with bf16 or a CPU with AMX / AVX512-BF16; elsewhere a ValueError, not a silently emulated (slow)
     bf16. The weights, the optimiser state and the saved model stay fp32 either way.
     """
@@ -56,9 +55,7 @@ def precision_flags(device: str, precision: str = "auto", auto_cpu_bf16: bool = 
     cuda = device.startswith("cuda")
     if precision == "auto":
         if not cuda:
-            from app.retrieval.backends.torch_backend import cpu_has_bf16
-
-            return {"bf16": True} if auto_cpu_bf16 and device == "cpu" and cpu_has_bf16() else {}
+            return {}
         import torch
 
         return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
@@ -127,7 +124,7 @@ def trainer_arguments(params: TrainingParams, output_dir: Path, device: str, n_r
         "report_to": "none",
         "disable_tqdm": True,
         "use_cpu": device == "cpu",
-        **precision_flags(device, params.precision, params.auto_cpu_bf16),
+        **precision_flags(device, params.precision),
     }
 
 

@@ -309,7 +309,7 @@ def train_embedder_on_devices(
     (not what a job does; it shows what gathering changes)."""
     plan = plan_devices(params.devices, device)
     for rank_device in set(plan.rank_devices):  # every rank trains in params.precision: refused before they start
-        precision_flags(rank_device, params.precision, params.auto_cpu_bf16)
+        precision_flags(rank_device, params.precision)
     work_dir.mkdir(parents=True, exist_ok=True)
     job = RankJob(base_path, data, params, work_dir, base_config, plan, threads, gather)
     named = ", ".join(plan.named)

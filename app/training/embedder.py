@@ -176,8 +176,7 @@ def train_embedder(
     ``world``: this is rank 0 of a DDP run (app.training.distributed); it alone evaluates, reports and saves,
     the other ranks (:func:`follow_embedder`) get its rows and train with it."""
     rng = random.Random(params.seed)
-    # An impossible precision fails the job here, before any work.
-    precision = precision_message(device, precision_flags(device, params.precision, params.auto_cpu_bf16))
+    precision = precision_message(device, precision_flags(device, params.precision))  # refused before any work
     work_dir.mkdir(parents=True, exist_ok=True)
     model = load_embedder(base_path, device)
     set_attention_dropout(model, params.attention_dropout)

@@ -6,7 +6,7 @@ Names follow FlagEmbedding / sentence-transformers where they exist (see docs/tr
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -14,9 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class TrainingParams(BaseModel):
     # strict: `"seed": false` or `"epochs": "2"` is refused, not coerced.
     model_config = ConfigDict(extra="forbid", strict=True)
-    # precision "auto" on a CPU with AMX / AVX512-BF16: bf16 where a benchmark showed it a tie on validation
-    # queries at a speed gain (docs/training.md, Precision); full precision where none was run.
-    auto_cpu_bf16: ClassVar[bool] = False
 
     epochs: float = Field(2.0, gt=0, le=100)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
@@ -41,13 +38,11 @@ class TrainingParams(BaseModel):
         "auto",
         description="Training steps' precision. bf16: autocast (weights, optimiser and saved model stay fp32) on a "
         "CUDA GPU with bf16 or a CPU with AMX / AVX512-BF16, else the job fails; fp32: full precision; auto: bf16 "
-        "or fp16 AMP on CUDA; on CPU bf16 for an embedder where the CPU has it, else fp32 (docs/training.md, "
-        "Precision).",
+        "or fp16 AMP on CUDA, fp32 on CPU (docs/training.md, Precision).",
     )
 
 
 class EmbedderParams(TrainingParams):
-    auto_cpu_bf16: ClassVar[bool] = True  # bench/train_precision.py: a validation tie at a speed gain
     # Chosen by earlier SciFact runs scored on its test split, not yet re-derived on validation queries
     # (docs/benchmarks.md, "Embedder fine-tuning"): a small set gives few steps.
     learning_rate: float = Field(5e-5, gt=0, le=1e-2)

@@ -140,8 +140,7 @@ def train_reranker(
     ``known_vectors``: asked once, by a first attempt, for the corpus as the candidate already encoded it."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
-    # An impossible precision fails the job here, before any work.
-    precision = precision_message(device, precision_flags(device, params.precision, params.auto_cpu_bf16))
+    precision = precision_message(device, precision_flags(device, params.precision))  # refused before any work
     work_dir.mkdir(parents=True, exist_ok=True)
     resume_from = last_checkpoint(work_dir)
     state = RunState.load(work_dir) if resume_from else None
