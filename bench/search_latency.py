@@ -432,6 +432,12 @@ def main() -> None:
             load_recall = _concurrent(url, search_body | {"return_text": True}, sample, args.clients, args.seconds)
             print(f"{args.clients} clients x {args.seconds:.0f} s, with rerank ...", flush=True)
             load_rerank = _concurrent(url, rerank_body, sample, args.clients, args.seconds)
+        except Exception:
+            # The data dir (and the service's log in it) goes with the run: show why the service failed.
+            log.flush()
+            text = (Path(tmp) / "service.log").read_text(errors="replace")
+            print(text[text.rfind("Traceback") :][-4000:] if "Traceback" in text else text[-2000:], flush=True)
+            raise
         finally:
             _stop_group(proc)
 
