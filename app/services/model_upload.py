@@ -19,6 +19,8 @@ from app.core.config import Settings
 from app.core.errors import ModelUploadError
 from app.db.tables import Model, new_id
 from app.ingest import ParseLimits, extract_archive
+from app.retrieval.backends.loading import RUNTIME_DIR
+from app.retrieval.backends.openvino_backend import IR_FILE
 from app.retrieval.embedder import EmbedderConfig, load_embedder
 from app.retrieval.reranker import ensure_trained_head
 from app.services import storage
@@ -26,6 +28,7 @@ from app.services.datasets import ARCHIVE_SUFFIXES, _copy_bounded
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 KINDS = ("embedder", "reranker")
+OPENVINO_WEIGHTS = "model.bin"  # beside an IR's model.xml (app.retrieval.backends.openvino_backend)
 
 
 def find_model_root(extracted: Path, label: str) -> Path:
@@ -59,6 +62,17 @@ def check_no_remote_code(root: Path, label: str) -> None:
             raise ModelUploadError(f"{label}: modules.json names a module outside sentence-transformers: '{kind}'")
 
 
+def is_openvino_weights(root: Path, path: Path) -> bool:
+    """An OpenVINO export's ``runtime/openvino-*/model.bin`` beside its ``model.xml``: raw tensors that only
+    OpenVINO reads, never unpickled. Dropping it (a downloaded model uploaded again) left a model whose
+    chosen backend failed every search with a 500."""
+    parts = path.relative_to(root).parts
+    return (
+        len(parts) == 3 and parts[0] == RUNTIME_DIR and parts[1].startswith("openvino-")
+        and path.name == OPENVINO_WEIGHTS and path.with_name(IR_FILE).is_file()
+    )  # fmt: skip
+
+
 def drop_pickled_weights(root: Path, label: str) -> None:
     """Safetensors weights are required; pickled copies beside them are removed, never stored."""
     if not any(root.rglob("*.safetensors")):
@@ -66,7 +80,7 @@ def drop_pickled_weights(root: Path, label: str) -> None:
         found = f" (found only {', '.join(pickled[:5])})" if pickled else ""
         raise ModelUploadError(f"{label}: weights must be in safetensors format{found}; pickled weights can run code")
     for path in root.rglob("*"):
-        if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES and not is_openvino_weights(root, path):
             path.unlink()
 
 
