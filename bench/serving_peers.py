@@ -184,11 +184,37 @@ def peer_copy(folder: Path, dest: Path, max_length: int | None) -> Path:
     tokenizer's ``model_max_length`` set to the length Retune serves the model with, so both servers read
     the same tokens (infinity's cross-encoder truncates at the tokenizer's maximum; it has no option for it)."""
     shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("runtime", "serving_backend.json"))
+    st3_configs(dest, max_length or 256)
     if max_length:
         _set_json(dest / "tokenizer_config.json", "model_max_length", max_length)
-        if (dest / "sentence_bert_config.json").is_file():  # an embedder: sentence-transformers reads this one
-            _set_json(dest / "sentence_bert_config.json", "max_seq_length", max_length)
     return dest
+
+
+ST3_MODULES = {
+    "sentence_transformers.base.modules.transformer.Transformer": "sentence_transformers.models.Transformer",
+    "sentence_transformers.sentence_transformer.modules.pooling.Pooling": "sentence_transformers.models.Pooling",
+    "sentence_transformers.base.modules.normalize.Normalize": "sentence_transformers.models.Normalize",
+}
+
+
+def st3_configs(folder: Path, max_seq_length: int) -> None:
+    """infinity 0.0.78 runs sentence-transformers 3.x, which cannot read the module configs 6.x saves: they are
+    rewritten in the 3.x format (module classes, ``max_seq_length``, pooling flags); weights are untouched."""
+    modules = json.loads((folder / "modules.json").read_text())
+    for module in modules:
+        module["type"] = ST3_MODULES.get(module["type"], module["type"])
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
+    pooling = folder / "1_Pooling" / "config.json"
+    if pooling.is_file():
+        old = json.loads(pooling.read_text())
+        mode = old.get("pooling_mode", "mean")
+        new = {
+            "word_embedding_dimension": old["embedding_dimension"],
+            "include_prompt": old.get("include_prompt", True),
+        }
+        new |= {f"pooling_mode_{m}": mode == m.split("_")[0] for m in ("cls_token", "mean_tokens", "max_tokens")}
+        pooling.write_text(json.dumps(new))
 
 
 def _set_json(path: Path, key: str, value: Any) -> None:
