@@ -577,7 +577,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if not args.infinity_bin.is_file():
         parser.exit(2, f"infinity not found at {args.infinity_bin}: install infinity-emb in its own venv "
-                       "(docs/benchmarks.md, 'Retune vs infinity') or pass --infinity-bin\n")  # fmt: skip
+                       "(docs/benchmarks.md, 'Serving against a peer: infinity') or pass --infinity-bin\n")  # fmt: skip
     args.clients = [int(c) for c in args.clients.split(",")]
     args.infinity_engines = args.infinity_engines.split(",")
     args.cpus = sorted(os.sched_getaffinity(0))[: args.threads]
