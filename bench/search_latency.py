@@ -19,6 +19,8 @@ One run, same machine, same models, same queries:
    script's recall and rerank. Ratios are given on the p50s and paired query by query (median with a
    bootstrap 95% interval). The bare script uses CrossEncoder.predict's default batch of 32 (what a
    user writes; ``--bare-batch-size`` changes it); the service its CPU default of 8 (measured faster).
+   The API process's resident memory is read before the first search and after each path's warm-up
+   (``api_rss_gib``): what each path's models add to it, the embedder and the index coming with the first.
 4. Quality: nDCG@10 of each path on the timed queries, and how far int8's reranked top-k strays from
    fp32's; the int8 embedder's nDCG@10 cost on all 300 test queries (first stage only, cheap); then 8
    concurrent clients for ``--seconds`` each, with and without the reranker: requests/s, p95, errors.
@@ -220,6 +222,14 @@ class BareTwoStage:
         return ranked[:top_k], {"recall": (reranking - started) * 1000, "rerank": (done - reranking) * 1000}
 
 
+def _rss_gib(pid: int) -> float:
+    """The API process's resident memory (Linux VmRSS) in GiB: ``serve`` runs the API in its own process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) * 1024 / 2**30, 3)
+    return 0.0
+
+
 def server_timing(header: str) -> dict[str, float]:
     """``recall;dur=12.5, rerank;dur=2301.0`` -> {"recall": 12.5, "rerank": 2301.0}."""
     stages = {}
@@ -393,8 +403,10 @@ def main() -> None:
                 uploaded.raise_for_status()
                 served_backends[label] = uploaded.json().get("serving_backend")
                 paths[f"service_http_{label}"] = via_http({"reranker_id": uploaded.json()["id"]})
-            for fn in paths.values():
+            api_rss: dict[str, float] = {"before_any_search": _rss_gib(proc.pid)}
+            for name, fn in paths.items():
                 fn(queries[timed_ids[0]])  # warm-up: models loaded, caches filled
+                api_rss[f"after_{name}"] = _rss_gib(proc.pid)  # each path's models added to the API process
             seconds: dict[str, list[float]] = {name: [] for name in paths}
             stages: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
             runs: dict[str, dict[str, list[tuple[str, float]]]] = {name: {} for name in paths}
@@ -473,6 +485,7 @@ def main() -> None:
                 label: {"served_as": served_backends[label]} | backend_vs_fp32(seconds, runs, test_qrels, label)
                 for label in args.backends
             },
+            "api_rss_gib": api_rss,
             "per_query_ms": {name: [round(x * 1000, 1) for x in secs] for name, secs in seconds.items()},
         },
     )
