@@ -170,7 +170,10 @@ def test_the_memory_guard_counts_every_process():
 
 def test_the_job_runner_picks_the_launcher_for_several_devices(tmp_path: Path):
     settings = Settings(data_dir=tmp_path, torch_threads=3)
-    assert _embedder_training(EmbedderParams(), "cpu", settings) == (train_embedder, "cpu")
-    assert _embedder_training(EmbedderParams(devices=["cuda:1"]), "cpu", settings) == (train_embedder, "cuda:1")
-    launcher, device = _embedder_training(EmbedderParams(devices=2), "cpu", settings)
+    known = lambda: None  # noqa: E731 - the index-vector loader the one-device trainer is given
+    one, device = _embedder_training(EmbedderParams(), "cpu", settings, known)
+    assert (one.func, one.keywords, device) == (train_embedder, {"known_vectors": known}, "cpu")
+    named, device = _embedder_training(EmbedderParams(devices=["cuda:1"]), "cpu", settings, known)
+    assert (named.func, device) == (train_embedder, "cuda:1")
+    launcher, device = _embedder_training(EmbedderParams(devices=2), "cpu", settings, known)
     assert (launcher.func, launcher.keywords, device) == (train_embedder_on_devices, {"threads": 3}, "cpu")
