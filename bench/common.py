@@ -239,3 +239,16 @@ def scifact_test_split() -> PreparedData:
     from app.training.data import EvalSpec
 
     return shared_beir_split("scifact", EvalSpec(split="test"))
+
+
+def zip_folder(src: Path, root: str, compression: int | None = None) -> bytes:
+    """``src``'s files in a zip archive under the folder name ``root`` (an upload for the service)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED if compression is None else compression) as zf:
+        for path in sorted(src.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"{root}/{path.relative_to(src)}")
+    return buf.getvalue()

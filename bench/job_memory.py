@@ -21,7 +21,6 @@ defaults are measured by ``bench.train_memory_quality`` and ``bench.train_memory
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import subprocess
@@ -30,28 +29,17 @@ import tempfile
 import threading
 import time
 import uuid
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import ROOT, SHARED_DATA, write_results
+from bench.common import ROOT, SHARED_DATA, write_results, zip_folder
 from bench.search_latency import _free_port, _stop_group, _wait
 
 NAME = "job_memory"
 KEY = "rt_bench_" + uuid.uuid4().hex
 GIB = 2**30
-
-
-def _dataset_zip(name: str) -> bytes:
-    src = SHARED_DATA / name
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(src.rglob("*")):
-            if path.is_file():
-                zf.write(path, f"{name}/{path.relative_to(src)}")
-    return buf.getvalue()
 
 
 def _field_kb(path: str, field: str) -> int:
@@ -189,7 +177,8 @@ def _run(client: httpx.Client, sampler: Sampler, args: argparse.Namespace) -> di
                 break
         except httpx.HTTPError:
             time.sleep(1)
-    dataset = client.post("/datasets", files={"file": ("finqa.zip", _dataset_zip("financial-qa-10k"))})
+    archive = zip_folder(SHARED_DATA / "financial-qa-10k", "financial-qa-10k")
+    dataset = client.post("/datasets", files={"file": ("finqa.zip", archive)})
     dataset.raise_for_status()
     sampler.start()
     body = _job_body(dataset.json()["id"], args)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -67,7 +66,7 @@ from app.evaluation.verdict import judge
 from app.ingest import ParseLimits, parse_beir_dir
 from app.retrieval.embedder import passage_text
 from app.retrieval.reranker import CPU_RERANK_BATCH_SIZE, sigmoid
-from bench.common import ROOT, SHARED_DATA, percentiles_ms, write_results
+from bench.common import ROOT, SHARED_DATA, percentiles_ms, write_results, zip_folder
 
 KEY = "rt_bench_" + uuid.uuid4().hex
 DEFAULT_RERANKER_JOB = {"max_steps": 4, "max_train_queries": 32, "recall_k": 20}
@@ -80,13 +79,7 @@ def _free_port() -> int:
 
 
 def _scifact_zip() -> bytes:
-    src = SHARED_DATA / "scifact"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(src.rglob("*")):
-            if path.is_file():
-                zf.write(path, f"scifact/{path.relative_to(src)}")
-    return buf.getvalue()
+    return zip_folder(SHARED_DATA / "scifact", "scifact")
 
 
 def _wait(client: httpx.Client, path: str, done: set[str], timeout: float = 3600) -> dict[str, Any]:
@@ -162,12 +155,7 @@ def backend_copy(model_dir: Path, label: str, work: Path, max_length: int | None
     build_export(folder, parse_backend(label), "reranker", lambda: load_reranker(str(folder), "cpu", max_length))
     why = f"{label}: set by bench.search_latency to time it (not gated; the benchmark measures the change)"
     ServingChoice(backend=label, why=why).save(folder)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zf.write(path, f"reranker/{path.relative_to(folder)}")
-    return buf.getvalue()
+    return zip_folder(folder, "reranker", zipfile.ZIP_STORED)
 
 
 def backend_vs_fp32(
