@@ -28,7 +28,7 @@ lint: setup
 	$(BIN)/ruff format --check app worker migrations tests bench
 
 test: setup chromium lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 clean:
 	rm -rf $(VENV) data
