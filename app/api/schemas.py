@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from app.core.config import get_settings
-from app.training.params import EmbedderParams, MiningParams, RerankerParams
+from app.training.params import EmbedderParams, MiningParams, RerankerParams, ServingBackendParams
 
 _SETTINGS = get_settings()  # the process's configured search bounds appear in the schema
 
@@ -162,9 +162,17 @@ class MiningJobIn(_JobInBase):
     params: MiningParams = Field(default_factory=MiningParams)
 
 
+class ServingBackendJobIn(_JobInBase):
+    kind: Literal["serving_backend"] = Field(
+        description="No training; runs the 1% backend gate on the existing model base_model (a Retune model "
+        "id or name) over the dataset's validation queries, and serves it on the backend that passes."
+    )
+    params: ServingBackendParams = Field(default_factory=ServingBackendParams)
+
+
 # Discriminated on `kind`: the OpenAPI schema shows each kind's params (components EmbedderParams, ...).
-JobIn = Annotated[EmbedderJobIn | RerankerJobIn | MiningJobIn, Field(discriminator="kind")]
-JOB_KINDS = frozenset({"embedder", "reranker", "mine_negatives"})
+JobIn = Annotated[EmbedderJobIn | RerankerJobIn | MiningJobIn | ServingBackendJobIn, Field(discriminator="kind")]
+JOB_KINDS = frozenset({"embedder", "reranker", "mine_negatives", "serving_backend"})
 
 
 class JobOut(Orm):

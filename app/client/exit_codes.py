@@ -7,7 +7,7 @@ from typing import Any
 
 
 class ExitCode(IntEnum):
-    OK = 0  # the job succeeded and its model beats the base model (or a mine_negatives job succeeded)
+    OK = 0  # the job succeeded and its model beats the base model (or a job that trains nothing succeeded)
     ERROR = 1  # the API refused the request, or the service could not be reached
     USAGE = 2  # bad command-line arguments (click's own code)
     JOB_FAILED = 3
@@ -33,6 +33,6 @@ def job_exit_code(job: dict[str, Any]) -> ExitCode:
         return ExitCode.JOB_CANCELLED
     if status != "succeeded":
         return ExitCode.ERROR
-    if job.get("kind") == "mine_negatives":  # no model, so nothing to compare with a base
+    if job.get("kind") in ("mine_negatives", "serving_backend"):  # no new model, nothing to compare with a base
         return ExitCode.OK
     return ExitCode.OK if is_better(job) else ExitCode.NOT_BETTER

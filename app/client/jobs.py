@@ -40,7 +40,7 @@ def _watch_and_exit(job_id: str, interval: float, as_json: bool) -> None:
 
 @jobs.command("create")
 def jobs_create(
-    kind: Annotated[str, typer.Option(help="embedder, reranker or mine_negatives.")],
+    kind: Annotated[str, typer.Option(help="embedder, reranker, mine_negatives or serving_backend.")],
     dataset: Annotated[str, typer.Option(help="Dataset id to train on.")],
     base_model: Annotated[str | None, typer.Option(help="Model id, allowed folder or hub id.")] = None,
     eval_split: Annotated[str | None, typer.Option(help="A qrels split to evaluate on, e.g. test.")] = None,

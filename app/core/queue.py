@@ -16,11 +16,12 @@ from app.core.config import Settings
 RUN_JOB = "retune.run_job"
 BUILD_INDEX = "retune.build_index"
 RECOVER = "retune.recover_lost_jobs"
-CPU_JOB_KINDS = frozenset({"mine_negatives"})  # one encoding of a corpus: no accelerator needed
+# Inference on a corpus, no training: mining encodes it once; a backend gate runs CPU runtimes.
+CPU_JOB_KINDS = frozenset({"mine_negatives", "serving_backend"})
 
 
 def queue_for_job(settings: Settings, kind: str) -> str:
-    """The queue a job of ``kind`` is sent to: training on the gpu queue, mining on the cpu queue."""
+    """The queue a job of ``kind`` is sent to: training on the gpu queue, mining and gating on the cpu queue."""
     return settings.resolved_cpu_queue if kind in CPU_JOB_KINDS else settings.resolved_gpu_queue
 
 

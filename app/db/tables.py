@@ -83,7 +83,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    kind: Mapped[str] = mapped_column(String(20))  # "embedder" | "reranker" | "mine_negatives"
+    kind: Mapped[str] = mapped_column(String(20))  # "embedder" | "reranker" | "mine_negatives" | "serving_backend"
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"))
     base_model: Mapped[str] = mapped_column(Text)

@@ -111,6 +111,11 @@ class SqlObserver:
         exists without the job's success; written once even when the flush that carries it is sent again."""
         self.buffer.add(partial(_add_model, fields), send=False)
 
+    def repoint_model(self, model_id: str, old_key: str, new_key: str) -> None:
+        """Serve an existing model from a new artifact key, committed with the job's ``finish``; a no-op when
+        the row no longer reads ``old_key`` (the model was deleted or already moved)."""
+        self.buffer.add(partial(_repoint_model, model_id, old_key, new_key), send=False)
+
     def finish(self, status: str, wait_seconds: float, **fields: object) -> bool:
         """Write the job's end after everything before it; False when the database stayed unreachable for
         ``wait_seconds`` or the job is no longer this attempt's (then the job is left to the recovery sweep)."""
@@ -143,6 +148,10 @@ def _add_model(fields: dict[str, Any], session: Session) -> None:
     if session.get(Model, fields["id"]) is None:
         session.add(Model(**fields))
         session.flush()
+
+
+def _repoint_model(model_id: str, old_key: str, new_key: str, session: Session) -> None:
+    session.execute(update(Model).where(Model.id == model_id, Model.path == old_key).values(path=new_key))
 
 
 def _finish(

@@ -30,6 +30,7 @@ from app.services import events, memory_guard, storage
 from app.services.artifacts import ArtifactStore
 from app.services.corpus_reuse import index_vectors
 from app.services.datasets import store_training_examples
+from app.services.existing_model_gate import gate_existing_model
 from app.services.job_observer import SqlObserver
 from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
 from app.services.provenance import trained_hashes, write_provenance
@@ -258,6 +259,11 @@ def _train_and_publish(
         job.params.get("train_split", "train"),
         job.params.get("max_train_queries"),
     )
+    if job.kind == "serving_backend":
+        if base_row is None:
+            raise ValueError(f"model '{job.base_model}' no longer exists")
+        candidate = (candidate_path, candidate_config)
+        return gate_existing_model(job, settings, observer, store, work_dir, data, base_row, candidate)
     device = resolve_device(settings.device)
     observer.on_message(_roles_message(job.attempts, data, device))
     _restore_checkpoint(store, job.id, work_dir, observer)

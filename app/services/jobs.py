@@ -1,4 +1,4 @@
-"""Fine-tuning jobs: validation, queueing, status, cancellation and metrics."""
+"""Jobs (fine-tuning, mining, backend gating): validation, queueing, status, cancellation and metrics."""
 
 from __future__ import annotations
 
@@ -11,20 +11,27 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.errors import ConflictError, InvalidRequestError, ServiceUnavailableError
+from app.core.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceUnavailableError
 from app.db.session import session_scope
 from app.db.tables import Job, JobEvent, MetricPoint, Model, utcnow
 from app.services import dispatch, events, memory_guard, storage
 from app.services.datasets import get_dataset
 from app.services.lookup import get_or_404
-from app.services.models import BUNDLED_MODEL_ID, resolve_base_model
+from app.services.model_refs import resolve_model
+from app.services.models import BUNDLED_MODEL_ID, model_path, resolve_base_model
 from app.services.provenance import check_evaluation_queries
-from app.training.params import EmbedderParams, MiningParams, RerankerParams
+from app.training.params import EmbedderParams, MiningParams, RerankerParams, ServingBackendParams
 
 log = logging.getLogger(__name__)
 
-PARAMS_BY_KIND = {"embedder": EmbedderParams, "reranker": RerankerParams, "mine_negatives": MiningParams}
+PARAMS_BY_KIND = {
+    "embedder": EmbedderParams,
+    "reranker": RerankerParams,
+    "mine_negatives": MiningParams,
+    "serving_backend": ServingBackendParams,
+}
 FINAL_STATUSES = {"succeeded", "failed", "cancelled"}
+EVALUATED_KINDS = frozenset({"embedder", "reranker"})  # the kinds that report test figures
 
 
 def validate_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +94,45 @@ def _candidate_row(session: Session, settings: Settings, clean_params: dict[str,
     return candidate
 
 
+def _job_models(
+    session: Session, settings: Settings, kind: str, base_model: str | None, clean_params: dict[str, Any]
+) -> tuple[str, str, dict[str, Model | None]]:
+    """The job's base reference and path, and the models whose trained queries its evaluation must avoid."""
+    if kind == "serving_backend":
+        gated = _gated_model(session, settings, base_model, clean_params)
+        return gated.id, model_path(settings, gated), {}
+    base = base_model or settings.default_base_model
+    base_path, base_row = resolve_base_model(session, settings, base)
+    if kind in ("embedder", "mine_negatives") and base_row is not None and base_row.kind != "embedder":
+        raise InvalidRequestError(f"base_model '{base}' is a {base_row.kind}, not an embedder")
+    models: dict[str, Model | None] = {"base_model": base_row}
+    if kind == "reranker":
+        models["params.candidate_model"] = _candidate_row(session, settings, clean_params)
+    return base, base_path, models
+
+
+def _gated_model(session: Session, settings: Settings, reference: str | None, clean_params: dict[str, Any]) -> Model:
+    """A ``serving_backend`` job's model: one Retune stores (the bundled one is a package folder, not an
+    artifact it could publish again); a reranker's first stage is checked as a reranker job's is.
+
+    No provenance check: the gate compares the model with itself on another runtime, a paired change that
+    queries the model was trained on do not bias the way they bias a verdict against a base model."""
+    if not reference:
+        raise InvalidRequestError("base_model: name the Retune model whose serving backend to choose")
+    try:
+        row = resolve_model(session, reference)
+    except NotFoundError as exc:
+        raise InvalidRequestError(f"base_model '{reference}': no Retune model has this id or name") from exc
+    if row.source == "bundled":
+        raise InvalidRequestError(
+            f"base_model '{reference}' is bundled with Retune, not a stored artifact: upload a copy (POST /models) "
+            "and gate that"
+        )
+    if row.kind == "reranker":
+        _candidate_row(session, settings, clean_params)
+    return row
+
+
 def create_job(
     session: Session,
     settings: Settings,
@@ -111,16 +157,10 @@ def create_job(
     train_split = clean_params["train_split"]
     if dataset.format == "beir" and train_split not in (dataset.stats.get("qrels") or {}):
         raise InvalidRequestError(f"params.train_split '{train_split}': the dataset has no such split")
-    base = base_model or settings.default_base_model
-    base_path, base_row = resolve_base_model(session, settings, base)
-    if kind in ("embedder", "mine_negatives") and base_row is not None and base_row.kind != "embedder":
-        raise InvalidRequestError(f"base_model '{base}' is a {base_row.kind}, not an embedder")
-    models: dict[str, Model | None] = {"base_model": base_row}  # whose trained queries the evaluation must avoid
-    if kind == "reranker":
-        models["params.candidate_model"] = _candidate_row(session, settings, clean_params)
+    base, base_path, models = _job_models(session, settings, kind, base_model, clean_params)
     memory_guard.check_fits(kind, clean_params, base_path, settings)
 
-    if kind != "mine_negatives" and check_evaluation_queries(
+    if kind in EVALUATED_KINDS and check_evaluation_queries(
         session, settings, dataset, clean_eval, clean_params, models, allow_overlap
     ):
         clean_eval["contaminated"] = True

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.retrieval.backends.spec import parse_backend
+
 
 class TrainingParams(BaseModel):
     # strict: `"seed": false` or `"epochs": "2"` is refused, not coerced.
@@ -267,4 +269,37 @@ class MiningParams(BaseModel):
         lo, hi = self.negative_rank_range
         if not 0 <= lo < hi <= 10_000:
             raise ValueError("negative_rank_range must be (lo, hi) with 0 <= lo < hi <= 10000")
+        return self
+
+
+class ServingBackendParams(BaseModel):
+    """A ``serving_backend`` job: the end-of-job 1% gate, run on a model that already exists (uploaded, or
+    trained while ``RETUNE_SERVING_BACKENDS`` was empty), on the dataset's validation queries.
+
+    Nothing is trained and the test queries are never scored: the gate compares a backend with the same
+    model in torch fp32, so only the validation role is used.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    backends: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Tried in order, preferred first (torch-int8, torch-bf16, onnx-fp32, onnx-int8, "
+        "openvino-fp32, openvino-int8); default: RETUNE_SERVING_BACKENDS, or every int8 and fp32 export when "
+        "that is empty.",
+    )
+    tolerance: float | None = Field(
+        None, ge=0, lt=1, description="Largest relative validation nDCG@10 loss; default RETUNE_SERVING_GATE_TOLERANCE."
+    )
+    candidate_model: str | None = Field(
+        None, description="A reranker's first stage: the embedder whose top rerank_k it reorders (default: bundled)."
+    )
+    rerank_k: int = Field(100, ge=1, le=1000, description="A reranker's candidates per validation query.")
+    train_split: str = Field("train", description="BEIR qrels split the validation queries are set aside from.")
+
+    @model_validator(mode="after")
+    def _known_backends(self) -> ServingBackendParams:
+        if self.backends is not None:
+            self.backends = [parse_backend(label).label for label in self.backends]
         return self

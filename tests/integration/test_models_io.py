@@ -320,3 +320,64 @@ def test_delete_is_refused_while_used_and_removes_everything_after(service: Serv
     assert client.get(f"/models/{unused}").status_code == 404
     assert unused not in {m["id"] for m in client.get("/models").json()}
     assert not service.store.leftovers(f"models/{unused}")
+
+
+def _embed(service: Service, model_id: str, texts: list[str]) -> np.ndarray:
+    response = service.client.post("/v1/embeddings", json={"model": model_id, "input": texts})
+    assert response.status_code == 200, response.text
+    return np.array([d["embedding"] for d in response.json()["data"]])
+
+
+def _rerank(service: Service, model_id: str, query: str, documents: list[str]) -> list[float]:
+    response = service.client.post("/v2/rerank", json={"model": model_id, "query": query, "documents": documents})
+    assert response.status_code == 200, response.text
+    return [r["relevance_score"] for r in sorted(response.json()["results"], key=lambda r: r["index"])]
+
+
+def _gate(service: Service, trained: dict, model_id: str, params: dict) -> dict:
+    body = {"kind": "serving_backend", "dataset_id": trained["dataset_id"], "base_model": model_id, "params": params}
+    job = run_job(service, body)
+    assert job["status"] == "succeeded", job
+    assert job["model_id"] is None and "nothing is trained" in job["message"], job
+    served = service.client.get(f"/models/{model_id}").json()["serving_backend"]
+    verdict = served["gate"]["verdict"]  # scored on the validation queries the job named, not the test split
+    assert verdict["split"] == "validation" and f"on {verdict['queries']} validation queries" in job["message"], job
+    return served
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_serving_backend_job_gates_a_model_that_exists(service: Service, trained: dict) -> None:
+    """Uploaded models are served by torch fp32 until a ``serving_backend`` job gates them on a dataset's
+    validation queries; then they serve on the backend that passed, from a new stored folder."""
+    client = service.client
+    uploads = {
+        kind: client.post("/models", files={"file": (f"{kind}.tar.gz", _download(service, trained[kind]["model_id"]))})
+        for kind in ("embedder", "reranker")
+    }
+    embedder, reranker = (uploads[k].json()["id"] for k in ("embedder", "reranker"))
+    refusals = {
+        BUNDLED: (BUNDLED, {}, "upload a copy"),
+        "unknown model": ("no-such-model-xyz", {}, "no Retune model"),
+        "unknown backend": (embedder, {"backends": ["onnx-bf16"]}, "unknown backend"),
+        "candidate kind": (reranker, {"candidate_model": reranker}, "must be an embedder"),
+    }
+    for case, (model, params, words) in refusals.items():
+        body = {"kind": "serving_backend", "dataset_id": trained["dataset_id"], "base_model": model, "params": params}
+        response = client.post("/jobs", json=body)
+        assert response.status_code == 422 and words in response.text, (case, response.text)
+
+    texts = ["Vitamin D deficiency increases infection risk.", "Aspirin lowers the risk of stroke."]
+    assert client.get(f"/models/{embedder}").json()["serving_backend"]["backend"] == "torch-fp32"
+    vectors = _embed(service, embedder, texts)
+    served = _gate(service, trained, embedder, {"backends": ["onnx-fp32"]})
+    assert served["backend"] == "onnx-fp32" and served["gate"]["passed"], served
+    np.testing.assert_allclose(_embed(service, embedder, texts), vectors, atol=1e-4)
+    assert not service.store.exists(f"models/{embedder}"), "the superseded folder is removed"
+    assert client.get(f"/models/{embedder}/download").status_code == 200
+
+    scores = _rerank(service, reranker, texts[0], texts)
+    first_stage = {"backends": ["onnx-fp32"], "candidate_model": trained["embedder"]["model_id"], "rerank_k": 20}
+    served = _gate(service, trained, reranker, first_stage)
+    assert served["backend"] == "onnx-fp32" and served["gate"]["passed"], served
+    assert _rerank(service, reranker, texts[0], texts) == pytest.approx(scores, abs=1e-4)

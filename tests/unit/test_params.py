@@ -120,3 +120,19 @@ def test_reranker_negative_depth_and_refused_combinations():
     # bce labels are grade > 0: adding the first stage's scores would make every passage a positive.
     with pytest.raises(ValidationError, match="bce"):
         RerankerParams(loss="bce", first_stage_temperature=1.0)
+
+
+def test_a_serving_backend_job_gates_the_backends_it_names_else_the_services_else_every_cpu_export(tmp_path):
+    from app.core.config import Settings
+    from app.services.existing_model_gate import DEFAULT_CANDIDATES, gate_settings
+    from app.training.params import ServingBackendParams
+
+    service_wide = Settings(data_dir=tmp_path, serving_backends=["openvino-int8"], serving_gate_tolerance=0.02)
+    named = gate_settings(service_wide, ServingBackendParams(backends=[" onnx-int8"], tolerance=0.005))
+    assert (named.serving_backends, named.serving_gate_tolerance) == (["onnx-int8"], 0.005)
+    inherited = gate_settings(service_wide, ServingBackendParams())
+    assert (inherited.serving_backends, inherited.serving_gate_tolerance) == (["openvino-int8"], 0.02)
+    assert gate_settings(Settings(data_dir=tmp_path), ServingBackendParams()).serving_backends == DEFAULT_CANDIDATES
+    for bad in ({"backends": ["onnx-bf16"]}, {"backends": []}, {"tolerance": 1.0}, {"rerank_k": 0}):
+        with pytest.raises(ValidationError):
+            ServingBackendParams(**bad)

@@ -27,7 +27,7 @@ from app.services import checkpoints, events, job_retry, jobs, listing
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-JobKind = Literal["embedder", "reranker", "mine_negatives"]
+JobKind = Literal["embedder", "reranker", "mine_negatives", "serving_backend"]
 SSE_POLL_SECONDS = 0.5
 SSE_KEEPALIVE_SECONDS = 15.0
 

@@ -1,9 +1,11 @@
 // The new-job form's params, built from the API's own schema (/openapi.json components.schemas.EmbedderParams,
-// RerankerParams, MiningParams) with their defaults; without those schemas, a JSON textarea.
+// RerankerParams, MiningParams, ServingBackendParams) with their defaults; without those schemas, a JSON textarea.
 
 import { h } from "./dom.js";
 
-const SCHEMA_BY_KIND = { embedder: "EmbedderParams", reranker: "RerankerParams", mine_negatives: "MiningParams" };
+const SCHEMA_BY_KIND = {
+  embedder: "EmbedderParams", reranker: "RerankerParams", mine_negatives: "MiningParams", serving_backend: "ServingBackendParams",
+};
 let openapi = null;
 
 export async function paramsSchema(kind) {

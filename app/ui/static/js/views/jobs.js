@@ -49,7 +49,7 @@ function readEval(inputs) {
 
 async function newJobForm(state) {
   const [datasets, models] = await Promise.all([get("/datasets"), get("/models")]);
-  const kind = h("select", { id: "job-kind" }, ...["embedder", "reranker", "mine_negatives"].map((k) => h("option", { value: k }, k)));
+  const kind = h("select", { id: "job-kind" }, ...["embedder", "reranker", "mine_negatives", "serving_backend"].map((k) => h("option", { value: k }, k)));
   const dataset = h("select", { id: "job-dataset" }, ...datasets.map((d) => h("option", { value: d.id }, `${d.name} (${d.id})`)));
   const base = h("input", { type: "text", id: "job-base-model", list: "model-ids", placeholder: "default: the service's" });
   const eval_ = evalInputs();
