@@ -52,10 +52,11 @@ from app.evaluation.verdict import judge
 from app.ingest import ParseLimits, parse_beir_dir
 from app.retrieval.embedder import EmbedderConfig, encode_texts, load_embedder, passage_text
 from app.retrieval.reranker import load_reranker, rerank_logits
+from app.services.existing_model_gate import DEFAULT_CANDIDATES
 from bench.common import ROOT, SHARED_DATA, percentiles_ms, write_results
 from bench.search_latency import KEY, _free_port, _stop_group, _wait
 
-DEFAULT_BACKENDS = '["onnx-int8","openvino-int8","torch-int8","openvino-fp32","onnx-fp32"]'
+DEFAULT_BACKENDS = json.dumps(DEFAULT_CANDIDATES, separators=(",", ":"))  # what a serving_backend job tries
 DEFAULT_EMBEDDER_JOB = {"max_steps": 2, "batch_size": 8, "hard_negatives": "none"}
 DEFAULT_RERANKER_JOB = {"max_steps": 2, "batch_size": 4, "group_size": 4, "recall_k": 10}
 JOB_EVAL = {"split": "test", "max_queries": 10, "max_corpus_docs": 200, "max_validation_queries": 20}
