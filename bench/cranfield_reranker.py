@@ -1,6 +1,6 @@
 """Cranfield (graded 0-4): the listwise reranker vs the naive setup, against the bi-encoder alone.
 
-    .venv/bin/python -m bench.cranfield_reranker            # ~1 h on one CPU core
+    .venv/bin/python -m bench.cranfield_reranker
     .venv/bin/python -m bench.cranfield_reranker --listwise-only --params '{"recall_k": 30, "epochs": 1}'
 
 Queries are split 80/20 by seed (the same split for both runs: 45 test queries); each job sets aside

@@ -1,6 +1,6 @@
 """Cranfield: a default reranker job, every choice on validation, scored once on held-out test queries.
 
-    .venv/bin/python -m bench.cranfield_validated            # ~30 min on one CPU core
+    .venv/bin/python -m bench.cranfield_validated
     .venv/bin/python -m bench.cranfield_validated --base-model R --name cranfield_validated_from_scifact
 
 Cranfield has no official split. The 225 queries are split 80/20 by seed 42 (the split every Cranfield

@@ -1,7 +1,7 @@
 """SciFact two-stage: a default reranker job over a first stage's top 100, judged on the official test.
 
     .venv/bin/python -m bench.scifact_embedder --keep E                 # the fine-tuned first stage
-    .venv/bin/python -m bench.scifact_reranker --candidate-model E      # ~3 h on one CPU core
+    .venv/bin/python -m bench.scifact_reranker --candidate-model E
 
 The reranker trains on SciFact train; the job sets aside 10% of those queries (by seed, at least 20)
 as its **validation** queries, where it chooses the checkpoint and the first-stage weight and fits the
