@@ -70,7 +70,9 @@ class Calibration:
 
     An embedder has one map (``first_stage``: the cosine). A reranker has two: ``with_first_stage``
     (cosine and logit), valid only over an index built with ``first_stage_model``, and
-    ``reranker_only`` (the logit alone), used over any other index.
+    ``reranker_only`` (the logit alone), used over any other index. A reranker whose own top results
+    hold too few relevant validation pairs has no ``reranker_only`` map (``missing`` says why): over
+    another index its scores are uncalibrated, while over its first stage's index they still are.
     """
 
     kind: Literal["embedder", "reranker"]
@@ -79,14 +81,28 @@ class Calibration:
     top_n: int
     first_stage_model: str | None = None
     method: str = METHOD
+    missing: dict[str, str] = field(default_factory=dict)  # a map that could not be fitted -> why
+
+    def map_name(self, first_stage_model: str | None = None) -> str:
+        """The name of the map that applies over an index built with ``first_stage_model``."""
+        if self.kind == "embedder":
+            return EMBEDDER_MAP
+        if first_stage_model is not None and first_stage_model == self.first_stage_model:
+            return WITH_FIRST_STAGE_MAP
+        return RERANKER_ONLY_MAP
+
+    def gap(self, first_stage_model: str | None = None) -> str | None:
+        """Why no map applies over an index built with ``first_stage_model``; None when one does."""
+        name = self.map_name(first_stage_model)
+        if name in self.maps:
+            return None
+        return f"no '{name}' map: {self.missing.get(name, 'not fitted')}"
 
     def map_for(self, first_stage_model: str | None = None) -> tuple[str, PlattMap]:
-        """The map that applies over an index built with ``first_stage_model`` (its name, the map)."""
-        if self.kind == "embedder":
-            return EMBEDDER_MAP, self.maps[EMBEDDER_MAP]
-        if first_stage_model is not None and first_stage_model == self.first_stage_model:
-            return WITH_FIRST_STAGE_MAP, self.maps[WITH_FIRST_STAGE_MAP]
-        return RERANKER_ONLY_MAP, self.maps[RERANKER_ONLY_MAP]
+        """The map that applies over an index built with ``first_stage_model`` (its name, the map);
+        a KeyError when it is missing (``gap`` says so first)."""
+        name = self.map_name(first_stage_model)
+        return name, self.maps[name]
 
     def predict(
         self, first_stage: np.ndarray, logits: np.ndarray | None = None, first_stage_model: str | None = None
@@ -104,13 +120,18 @@ class Calibration:
     def from_dict(cls, data: Mapping) -> Calibration:
         maps = {name: PlattMap(**platt) for name, platt in data["maps"].items()}
         fields = {k: data[k] for k in ("kind", "relevance_min_grade", "top_n", "first_stage_model", "method")}
-        return cls(maps=maps, **fields)
+        return cls(maps=maps, missing=dict(data.get("missing") or {}), **fields)  # older files: no `missing`
 
     def summary(self) -> dict:
-        """What ``/models`` shows: the method, the maps' features and what each was fitted on."""
+        """What ``/models`` shows: the method, the maps' features and what each was fitted on, and
+        any map that could not be fitted, with the reason."""
         maps = {n: {"features": m.features, "fitted_on": m.fitted_on} for n, m in self.maps.items()}
         keep = ("method", "kind", "relevance_min_grade", "top_n", "first_stage_model")
-        return {**{k: getattr(self, k) for k in keep}, "maps": maps}
+        return {
+            **{k: getattr(self, k) for k in keep},
+            "maps": maps,
+            **({"missing": self.missing} if self.missing else {}),
+        }
 
     def save(self, model_dir: str | Path) -> Path:
         return _write(model_dir, self.to_dict())
@@ -349,14 +370,30 @@ def fit_reranker_calibration(
     ``evaluate_reranker`` returns it). ``first_stage_model``: the id of the embedder that made the
     candidates; the map over both scores applies only over an index built with it."""
     queries = _reranker_queries(first_stage_run, reranked_run, qrels, rerank_k, min_grade)
-    reason = _too_few(queries, LOGIT, top_n)
-    if reason:
-        return Uncalibrated(reason, min_grade, top_n)
-    maps = {
-        WITH_FIRST_STAGE_MAP: _fit_best(queries, WITH_FIRST_STAGE_FEATURES, LOGIT, top_n),
-        RERANKER_ONLY_MAP: _fit_best(queries, RERANKER_ONLY_FEATURES, LOGIT, top_n),
-    }
-    return Calibration("reranker", maps, min_grade, top_n, first_stage_model)
+    plans = (
+        (WITH_FIRST_STAGE_MAP, WITH_FIRST_STAGE_FEATURES, _richer_start(queries, top_n)),
+        (RERANKER_ONLY_MAP, RERANKER_ONLY_FEATURES, LOGIT),
+    )
+    maps, missing = {}, {}
+    for name, feature_sets, start in plans:
+        if reason := _too_few(queries, start, top_n):
+            missing[name] = reason
+        else:
+            maps[name] = _fit_best(queries, feature_sets, start, top_n)
+    if WITH_FIRST_STAGE_MAP not in maps:  # its start is at least as rich as the logit's: neither fits
+        return Uncalibrated(missing[WITH_FIRST_STAGE_MAP], min_grade, top_n)
+    return Calibration("reranker", maps, min_grade, top_n, first_stage_model, missing=missing)
+
+
+def _richer_start(queries: Sequence[_Query], top_n: int) -> str:
+    """The raw order whose top ``top_n`` holds more relevant validation pairs: the logit's, unless the
+    first stage's holds more (a reranker that has not learned to rank yet), so that the map over both
+    scores is fitted on the results it will serve rather than on the logit's misses."""
+
+    def relevant(order: str) -> int:
+        return int(_sample(queries, [order], [q.columns[order] for q in queries], top_n)[1].sum())
+
+    return FIRST_STAGE if relevant(FIRST_STAGE) > relevant(LOGIT) else LOGIT
 
 
 # --- serving: one query's scores and order, as search serves them -----------------------------------
@@ -378,15 +415,16 @@ def score_query(
     first_stage_weight: float = 0.0,
 ) -> QueryScores:
     """One query's served scores and order. Calibrated: ordered by P(relevant), so a threshold on it
-    keeps a prefix of the order. Uncalibrated: the cosine, or sigmoid(logit) ordered by the fused
-    score (w > 0) or the logit, as search served before calibration existed."""
+    keeps a prefix of the order. Uncalibrated (no calibration, or none with a map for this first stage):
+    the cosine, or sigmoid(logit) ordered by the fused score (w > 0) or the logit, as search served before
+    calibration existed."""
     first_stage = np.asarray(first_stage, dtype=np.float64)
     fused = None
     if logits is not None:
         logits = np.asarray(logits, dtype=np.float64)
         if first_stage_weight:
             fused = fuse(first_stage, logits, first_stage_weight)
-    if calibration is not None:
+    if calibration is not None and calibration.gap(first_stage_model) is None:
         score = calibration.predict(first_stage, logits, first_stage_model)
         return QueryScores(score, np.argsort(-score, kind="stable"), fused, True)
     if logits is None:

@@ -164,9 +164,9 @@ def rerank(
 
 def relevance_scores(settings: Settings, row: Model, logits: np.ndarray) -> tuple[list[float], str]:
     """The model's calibrated P(relevant) (its ``reranker_only`` map: a rerank call carries no first-stage
-    scores), or the sigmoid of the logit for a model without a calibration; and which of the two it is."""
+    scores), or the sigmoid of the logit for a model without one; and which of the two it is."""
     calibration, _ = model_calibration(settings, row)
-    if calibration is None or calibration.kind != "reranker":
+    if calibration is None or calibration.kind != "reranker" or calibration.gap(None):
         return [sigmoid(float(x)) for x in logits], "sigmoid"
     probabilities = calibration.predict(np.zeros(len(logits)), np.asarray(logits, dtype=np.float64))
     return [float(p) for p in probabilities], "calibrated"

@@ -79,7 +79,9 @@ def search(
             "a randomly initialised head. Train a reranker job, or pass force=true."
         )
     embedder_row = get_model(session, index_row.model_id)
-    calibration = _calibration_for(settings, reranker or embedder_row, reranker is not None, threshold)
+    calibration = _calibration_for(
+        settings, reranker or embedder_row, index_row.model_id, reranker is not None, threshold
+    )
     dataset = session.get(Dataset, index_row.dataset_id)
     device = resolve_device(settings.device)
     int8 = int8 and device == "cpu"  # dynamic int8 quantisation is a CPU path
@@ -138,13 +140,18 @@ def _rerank_all(
     return [logits[start:end] if end > start else None for start, end in itertools.pairwise(bounds)]
 
 
-def _calibration_for(settings: Settings, row: Model, reranking: bool, threshold: float | None) -> Calibration | None:
-    """The scoring model's calibration (the reranker's, else the index embedder's), or None. A threshold
-    on a model without one is refused: its raw scores are no probability, so the cut would be arbitrary."""
+def _calibration_for(
+    settings: Settings, row: Model, index_model: str, reranking: bool, threshold: float | None
+) -> Calibration | None:
+    """The scoring model's calibration (the reranker's, else the index embedder's) with a map for the
+    index's first stage, or None. A threshold on a model without one is refused: its raw scores are no
+    probability, so the cut would be arbitrary."""
     calibration, reason = model_calibration(settings, row)
     wanted = "reranker" if reranking else "embedder"
     if calibration is not None and calibration.kind != wanted:
         calibration, reason = None, f"its calibration is an {calibration.kind}'s, and it is used as the {wanted}"
+    if calibration is not None and (gap := calibration.gap(index_model)):
+        calibration, reason = None, f"over an index of '{index_model}' its calibration has {gap}"
     if calibration is None and threshold is not None:
         raise CalibrationMissingError(row.id, reason or "no calibration fitted")
     return calibration

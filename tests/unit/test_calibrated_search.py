@@ -31,6 +31,7 @@ from app.ingest import Document, RetrievalSet, write_retrieval_set
 from app.retrieval.embedder import EmbedderConfig, encode_passages, load_embedder
 from app.retrieval.reranker import load_reranker
 from app.retrieval.vector_index import VectorIndex
+from app.services.compat import relevance_scores
 from app.services.indexes import META_FILE
 from app.services.models import calibration_view
 from app.services.search import search
@@ -92,6 +93,19 @@ def _save_rerankers(root: Path) -> tuple[Path, Path]:
     return first, shifted
 
 
+PARTIAL_REASON = "too few validation judgements to fit a calibration: 3 relevant of 480 pairs"
+
+
+def _partial_copy(source: Path, target: Path) -> Path:
+    """A copy of ``source`` whose calibration has its ``with_first_stage`` map only, as a job fits for a
+    reranker whose own top 10 held too few relevant validation pairs."""
+    fitted = cal.load(source)
+    fitted.maps.pop(cal.RERANKER_ONLY_MAP)
+    fitted.missing[cal.RERANKER_ONLY_MAP] = PARTIAL_REASON
+    fitted.save(_linked_copy(source, target))
+    return target
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
     """Data dir, database rows and calibrations: embedder 'emb' (calibrated), rerankers 'rr' and 'rr_shifted'
@@ -116,6 +130,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         fitted = cal.fit_reranker_calibration(first_stage.run, reranked.run, qrels, 10, 10, 1, "emb")
         fitted.save(directory)
     _linked_copy(reranker_dirs[0], root / "models" / "rr_plain")
+    _partial_copy(reranker_dirs[0], root / "models" / "rr_partial")
 
     vectors = encode_passages(embedder, config, list(data.corpus.values()))
     VectorIndex.build(vectors, list(data.corpus)).save(root / "indexes" / "ix")
@@ -126,7 +141,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     session = Session(engine)
     session.add(Dataset(id="ds", name="topics", format="beir", path="datasets/ds"))
     session.add(Model(id="all-MiniLM-L6-v2", name="bundled", kind="embedder", source="bundled", path="bundled:"))
-    for name, kind in (("emb", "embedder"), ("rr", "reranker"), ("rr_shifted", "reranker"), ("rr_plain", "reranker")):
+    for name in ("emb", "rr", "rr_shifted", "rr_plain", "rr_partial"):
+        kind = "embedder" if name == "emb" else "reranker"
         session.add(Model(id=name, name=name, kind=kind, source="job", path=f"models/{name}", config={}))
     for index_id, model_id in (("ix", "emb"), ("ix_bundled", "all-MiniLM-L6-v2")):
         session.add(Index(id=index_id, dataset_id="ds", model_id=model_id, status="ready", path="indexes/ix"))
@@ -199,6 +215,23 @@ def test_a_reranker_over_another_embedders_index_uses_its_reranker_only_map(worl
     cut = 0.5
     for hits in _search(world, "rr", cut, index_id="ix_bundled").hits:
         assert all(h.score >= cut for h in hits)
+
+
+def test_a_reranker_calibrated_over_its_first_stage_only_refuses_a_threshold_elsewhere(world):
+    own = _search(world, "rr_partial", 0.0)
+    assert own.calibrated and own.calibration_map == "with_first_stage"
+    with pytest.raises(CalibrationMissingError) as refused:
+        _search(world, "rr_partial", 0.5, index_id="ix_bundled")
+    assert refused.value.status_code == 422
+    assert "reranker_only" in refused.value.message and PARTIAL_REASON in refused.value.message
+    elsewhere = _search(world, "rr_partial", index_id="ix_bundled")  # no threshold: served as uncalibrated
+    assert not elsewhere.calibrated and elsewhere.calibration_map is None
+    for hits in elsewhere.hits:
+        assert [h.score for h in hits] == pytest.approx(expit(np.array([h.rerank_score for h in hits])).tolist())
+    settings, session, _ = world  # a rerank call carries no first stage: the sigmoid, said so
+    logits = np.array([0.3, -1.2])
+    assert relevance_scores(settings, session.get(Model, "rr_partial"), logits)[1] == "sigmoid"
+    assert relevance_scores(settings, session.get(Model, "rr"), logits)[1] == "calibrated"
 
 
 def test_models_show_the_calibration_or_why_there_is_none(world):

@@ -194,3 +194,41 @@ def test_score_query_orders_by_the_calibrated_score_so_a_threshold_keeps_a_prefi
     assert not uncalibrated.calibrated
     np.testing.assert_allclose(uncalibrated.score, expit(logits))
     assert uncalibrated.order.tolist() == np.argsort(-logits, kind="stable").tolist()
+
+
+def _unlearned_reranker_runs(rng: np.random.Generator, queries: int = 20, per: int = 40):
+    """A first stage that ranks each query's 2 relevant candidates near the top, and logits of noise: a
+    reranker that has not learned. Its own top 10 holds about a quarter of them, its first stage's all."""
+    first_stage, reranked, qrels = {}, {}, {}
+    for q in range(queries):
+        docs = [f"d{q}_{i}" for i in range(per)]
+        cosines = rng.uniform(0.1, 0.5, per)
+        cosines[:2] += 0.4  # the relevant two
+        first_stage[f"q{q}"] = dict(zip(docs, cosines.tolist(), strict=True))
+        reranked[f"q{q}"] = dict(zip(docs, rng.normal(size=per).tolist(), strict=True))
+        qrels[f"q{q}"] = {docs[0]: 1, docs[1]: 1}
+    return first_stage, reranked, qrels
+
+
+def test_a_reranker_that_has_not_learned_is_calibrated_over_its_first_stage_only(tmp_path: Path):
+    first_stage, reranked, qrels = _unlearned_reranker_runs(np.random.default_rng(7))
+    fitted = cal.fit_reranker_calibration(first_stage, reranked, qrels, 40, 10, 1, "emb")
+    assert fitted, getattr(fitted, "reason", None)  # before: no calibration at all (the logit's top 10 decided)
+    assert set(fitted.maps) == {cal.WITH_FIRST_STAGE_MAP}
+    assert "too few" in fitted.missing[cal.RERANKER_ONLY_MAP]
+    assert fitted.gap("emb") is None and "reranker_only" in fitted.gap("another-embedder")
+    # The map leans on the cosine, so what it serves over its first stage keeps the relevant pairs on top.
+    with_first = fitted.maps[cal.WITH_FIRST_STAGE_MAP]
+    assert with_first.fitted_on["relevant"] == 2 * len(qrels)
+    served = cal.served_reranker_scores(first_stage, reranked, 40, 2, fitted, "emb")
+    assert all(set(served[q]) == set(qrels[q]) for q in qrels)
+    # Over another embedder's index it is uncalibrated: sigmoid(logit), flagged as such.
+    first, logits = np.array(list(first_stage["q0"].values())), np.array(list(reranked["q0"].values()))
+    assert cal.score_query(first, logits, fitted, "emb").calibrated
+    elsewhere = cal.score_query(first, logits, fitted, "another-embedder")
+    assert not elsewhere.calibrated and np.allclose(elsewhere.score, expit(logits))
+    # The missing map and its reason travel with the saved file; an older file without them still loads.
+    fitted.save(tmp_path)
+    assert cal.load(tmp_path) == fitted and "missing" in cal.load(tmp_path).summary()
+    older = {k: v for k, v in fitted.to_dict().items() if k != "missing"}
+    assert cal.Calibration.from_dict(older).missing == {}
