@@ -110,9 +110,7 @@ def test_auto_first_stage_weight_is_chosen_at_each_evaluation_and_kept_with_the_
     assert best_fused["ndcg@10"] == outcome.best_value
 
 
-def test_a_job_without_a_registered_first_stage_calibrates_and_serves_over_its_path(
-    data, tmp_path: Path, monkeypatch
-):
+def test_a_job_without_a_registered_first_stage_calibrates_and_serves_over_its_path(data, tmp_path: Path, monkeypatch):
     """The job's own test order reads the calibration's map for its first stage's id: with no id given, a
     calibration fitted for "no first stage" would serve the job's runs with its reranker-only map (or with
     none, when only the first-stage map could be fitted: a Cranfield run served the logit order so)."""
