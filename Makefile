@@ -27,8 +27,11 @@ lint: setup
 	$(BIN)/ruff check app worker migrations tests bench
 	$(BIN)/ruff format --check app worker migrations tests bench
 
+# Two tests at once, one per core (tests/conftest.py gives each test process one torch thread); a test
+# file stays in one process, so its module fixtures are built once.
+TEST_WORKERS ?= 2
 test: setup chromium lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 clean:
 	rm -rf $(VENV) data

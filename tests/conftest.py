@@ -17,6 +17,12 @@ from typing import NoReturn
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two tests at once (pytest-xdist), one per core: each test process and every service
+    # or worker it starts gets one torch thread, so two tests do not oversubscribe the cores (with torch's
+    # default of a thread per core each, two at once ran several times slower than one after the other).
+    for _threads_var in ("RETUNE_TORCH_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_threads_var, "1")
 
 SHARED_DATA = Path(os.environ.get("RETUNE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
