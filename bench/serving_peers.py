@@ -155,7 +155,8 @@ def train_models(client: httpx.Client, args: argparse.Namespace, doc_ids: list[s
     for kind, params in (("embedder", args.embedder_params), ("reranker", args.reranker_params)):
         params = json.loads(params) | ({"candidate_model": ids[0]} if ids else {})
         print(f"training the {kind} ({params}) ...", flush=True)
-        job = client.post("/jobs", json={"kind": kind, "dataset_id": dataset_id, "eval": JOB_EVAL, "params": params})
+        body = {"kind": kind, "dataset_id": dataset_id, "eval": json.loads(args.job_eval), "params": params}
+        job = client.post("/jobs", json=body)
         job.raise_for_status()
         ids.append(_wait(client, f"/jobs/{job.json()['id']}", {"succeeded"}, timeout=3600)["model_id"])
     return ids[0], ids[1]
@@ -570,6 +571,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-threads", type=int, default=2, help="torch threads of the jobs (not timed)")
     parser.add_argument("--train-queries", type=int, default=64, help="SciFact training queries the jobs get")
     parser.add_argument("--backends", default=DEFAULT_BACKENDS, help="RETUNE_SERVING_BACKENDS for the jobs")
+    parser.add_argument("--job-eval", default=json.dumps(JOB_EVAL), help="the jobs' eval spec (JSON)")
     parser.add_argument("--embedder-params", default=json.dumps(DEFAULT_EMBEDDER_JOB))
     parser.add_argument("--reranker-params", default=json.dumps(DEFAULT_RERANKER_JOB))
     parser.add_argument("--keep-data", type=Path, help="copy the service's data dir (with the models) here")
@@ -695,8 +697,8 @@ def setup_text(
         "serving the downloaded folders "
         f"(Retune's runtime/ exports left out; reranker tokenizer model_max_length set to Retune's {max_length}; "
         f"embedder max_seq_length {config.max_seq_length or 'its saved one'} from its folder). Models from short "
-        "Retune jobs (params in models.*.config): serving speed does not depend on how long they trained. "
-        "Shared 2-core machine: other work ran at the same time."
+        f"Retune jobs on {args.train_queries} SciFact training queries, eval spec {args.job_eval} (params in "
+        "models.*.config): serving speed does not depend on how long they trained."
     )
 
 
