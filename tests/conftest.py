@@ -128,3 +128,9 @@ def s3_server() -> Iterator[S3Server]:
         yield s3
     finally:
         server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Integration files first: with two test processes (`make test`), the long ones start early and the
+    short unit files fill the end, so that neither process waits on the other's last long file."""
+    items.sort(key=lambda item: "tests/unit/" in item.nodeid.replace("\\", "/"))
