@@ -38,11 +38,17 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(4, description="Models kept loaded per process for /search.")
     serving_backends: list[str] = Field(
         default_factory=list,
-        description="Runtime backends a finished job tries for serving, preferred first (JSON list, e.g. "
-        '["onnx-int8", "onnx-fp32"]); each must pass the validation gate; [] serves torch fp32.',
+        description="Runtime backends a finished job tries for serving (JSON list, e.g. "
+        '["onnx-int8", "onnx-fp32"]); the fastest that passes the validation gate serves; [] serves torch fp32.',
     )
     serving_gate_tolerance: float = Field(
         0.01, ge=0, lt=1, description="Largest relative validation nDCG@10 loss (95% interval) a backend may cost."
+    )
+    serving_gate_min_speedup: float = Field(
+        1.0,
+        ge=0,
+        description="How many times as fast as torch fp32 a backend must score the gate's validation "
+        "queries to serve; of those that pass, the fastest serves. 0: any backend that keeps the quality.",
     )
     rerank_batch_size: int | None = Field(
         None, ge=1, description="(query, passage) pairs per reranker forward pass; default: 8 on CPU, 32 on GPU."

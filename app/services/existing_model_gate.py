@@ -34,10 +34,12 @@ DEFAULT_CANDIDATES = ["onnx-int8", "openvino-int8", "torch-int8", "openvino-fp32
 
 
 def gate_settings(settings: Settings, params: ServingBackendParams) -> Settings:
-    """The worker's settings with the job's backends and tolerance in place of the service-wide ones."""
+    """The worker's settings with the job's backends, tolerance and speed floor in place of the service-wide ones."""
     backends = params.backends or settings.serving_backends or DEFAULT_CANDIDATES
     tolerance = settings.serving_gate_tolerance if params.tolerance is None else params.tolerance
-    return settings.model_copy(update={"serving_backends": backends, "serving_gate_tolerance": tolerance})
+    speedup = settings.serving_gate_min_speedup if params.min_speedup is None else params.min_speedup
+    update = {"serving_backends": backends, "serving_gate_tolerance": tolerance, "serving_gate_min_speedup": speedup}
+    return settings.model_copy(update=update)
 
 
 def gate_existing_model(

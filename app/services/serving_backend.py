@@ -45,7 +45,8 @@ def choose_for_job(
         candidate = reranker_candidate(model_dir, run, data.corpus, queries, qrels, rerank_k,
                                        first_config.format_query, config.get("max_length"))  # fmt: skip
     backends = [parse_backend(label) for label in settings.serving_backends]
-    choice = choose_backend(model_dir, candidate, backends, settings.serving_gate_tolerance, settings.torch_threads)
+    choice = choose_backend(model_dir, candidate, backends, settings.serving_gate_tolerance, settings.torch_threads,
+                            settings.serving_gate_min_speedup)  # fmt: skip
     observer.on_message(f"serving backend: {choice.backend}: {choice.why}")
     return choice
 

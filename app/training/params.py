@@ -285,12 +285,18 @@ class ServingBackendParams(BaseModel):
     backends: list[str] | None = Field(
         None,
         min_length=1,
-        description="Tried in order, preferred first (torch-int8, torch-bf16, onnx-fp32, onnx-int8, "
+        description="Backends tried; the fastest that passes serves (torch-int8, torch-bf16, onnx-fp32, onnx-int8, "
         "openvino-fp32, openvino-int8); default: RETUNE_SERVING_BACKENDS, or every int8 and fp32 export when "
         "that is empty.",
     )
     tolerance: float | None = Field(
         None, ge=0, lt=1, description="Largest relative validation nDCG@10 loss; default RETUNE_SERVING_GATE_TOLERANCE."
+    )
+    min_speedup: float | None = Field(
+        None,
+        ge=0,
+        description="How many times as fast as torch fp32 a backend must be on the gate's scoring; "
+        "default RETUNE_SERVING_GATE_MIN_SPEEDUP.",
     )
     candidate_model: str | None = Field(
         None, description="A reranker's first stage: the embedder whose top rerank_k it reorders (default: bundled)."

@@ -370,14 +370,15 @@ def test_a_serving_backend_job_gates_a_model_that_exists(service: Service, train
     texts = ["Vitamin D deficiency increases infection risk.", "Aspirin lowers the risk of stroke."]
     assert client.get(f"/models/{embedder}").json()["serving_backend"]["backend"] == "torch-fp32"
     vectors = _embed(service, embedder, texts)
-    served = _gate(service, trained, embedder, {"backends": ["onnx-fp32"]})
+    served = _gate(service, trained, embedder, {"backends": ["onnx-fp32"], "min_speedup": 0.0})
     assert served["backend"] == "onnx-fp32" and served["gate"]["passed"], served
     np.testing.assert_allclose(_embed(service, embedder, texts), vectors, atol=1e-4)
     assert not service.store.exists(f"models/{embedder}"), "the superseded folder is removed"
     assert client.get(f"/models/{embedder}/download").status_code == 200
 
     scores = _rerank(service, reranker, texts[0], texts)
-    first_stage = {"backends": ["onnx-fp32"], "candidate_model": trained["embedder"]["model_id"], "rerank_k": 20}
+    first_stage = {"backends": ["onnx-fp32"], "min_speedup": 0.0, "rerank_k": 20}
+    first_stage["candidate_model"] = trained["embedder"]["model_id"]
     served = _gate(service, trained, reranker, first_stage)
     assert served["backend"] == "onnx-fp32" and served["gate"]["passed"], served
     assert _rerank(service, reranker, texts[0], texts) == pytest.approx(scores, abs=1e-4)

@@ -128,11 +128,14 @@ def test_a_serving_backend_job_gates_the_backends_it_names_else_the_services_els
     from app.training.params import ServingBackendParams
 
     service_wide = Settings(data_dir=tmp_path, serving_backends=["openvino-int8"], serving_gate_tolerance=0.02)
-    named = gate_settings(service_wide, ServingBackendParams(backends=[" onnx-int8"], tolerance=0.005))
-    assert (named.serving_backends, named.serving_gate_tolerance) == (["onnx-int8"], 0.005)
+    named = gate_settings(service_wide, ServingBackendParams(backends=[" onnx-int8"], tolerance=0.005, min_speedup=0.0))
+    assert (named.serving_backends, named.serving_gate_tolerance, named.serving_gate_min_speedup) == (
+        ["onnx-int8"], 0.005, 0.0)  # fmt: skip
     inherited = gate_settings(service_wide, ServingBackendParams())
     assert (inherited.serving_backends, inherited.serving_gate_tolerance) == (["openvino-int8"], 0.02)
+    assert inherited.serving_gate_min_speedup == 1.0  # a backend slower than torch fp32 never serves by default
     assert gate_settings(Settings(data_dir=tmp_path), ServingBackendParams()).serving_backends == DEFAULT_CANDIDATES
-    for bad in ({"backends": ["onnx-bf16"]}, {"backends": []}, {"tolerance": 1.0}, {"rerank_k": 0}):
+    bad_params = ({"backends": ["onnx-bf16"]}, {"backends": []}, {"tolerance": 1.0}, {"min_speedup": -1.0})
+    for bad in (*bad_params, {"rerank_k": 0}):
         with pytest.raises(ValidationError):
             ServingBackendParams(**bad)

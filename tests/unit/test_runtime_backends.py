@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 
 from app.core.config import Settings
 from app.db.tables import Model
-from app.evaluation.backend_gate import choose_backend, embedder_candidate
+from app.evaluation.backend_gate import Candidate, choose_backend, embedder_candidate
 from app.evaluation.retrieval import evaluate_embedder
 from app.ingest.types import Document
 from app.retrieval.backends.base import RuntimeModule
@@ -128,14 +129,16 @@ def _documents(scifact) -> dict[str, Document]:
     return {d: Document(id=d, title=row.get("title", ""), text=row["text"]) for d, row in scifact[0].items()}
 
 
-def _gate(folder: Path, scifact, labels: list[str], tolerance: float = 0.01):
+def _gate(folder: Path, scifact, labels: list[str], tolerance: float = 0.01, min_speedup: float = 0.0,
+          candidate: Candidate | None = None):  # fmt: skip
     _, queries, qrels = scifact
-    candidate = embedder_candidate(folder, EmbedderConfig(), _documents(scifact), queries, qrels)
-    return choose_backend(folder, candidate, [parse_backend(label) for label in labels], tolerance, threads=1)
+    candidate = candidate or embedder_candidate(folder, EmbedderConfig(), _documents(scifact), queries, qrels)
+    backends = [parse_backend(label) for label in labels]
+    return choose_backend(folder, candidate, backends, tolerance, threads=1, min_speedup=min_speedup)
 
 
 def test_job_end_gate_accepts_an_exact_backend_and_serving_uses_it(exported, scifact, tmp_path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", serving_backends=["onnx-fp32"])
+    settings = Settings(data_dir=tmp_path / "data", serving_backends=["onnx-fp32"], serving_gate_min_speedup=0.0)
     folder = _linked_copy(exported, tmp_path / "data" / "models" / "m1")
     _, queries, qrels = scifact
     data = PreparedData(_documents(scifact), {}, {}, {}, {}, "none", validation_queries=queries, validation_qrels=qrels)
@@ -180,8 +183,42 @@ def test_gate_refuses_a_corrupted_export_and_says_why(exported, scifact, tmp_pat
     assert not isinstance(served[0].model, RuntimeModule)
 
 
+def test_the_gate_never_serves_a_backend_slower_than_torch_fp32(exported, scifact, tmp_path) -> None:
+    """An exact export keeps the quality, but no engine scores the queries a million times as fast: refused."""
+    folder = _linked_copy(exported, tmp_path / "model")
+    choice = _gate(folder, scifact, ["onnx-fp32"], min_speedup=1e6)
+    (entry,) = choice.tried
+    assert entry["passed"] is True and entry["fast_enough"] is False, entry
+    assert entry["seconds"] > 0 and entry["speedup"] == pytest.approx(choice.reference["seconds"] / entry["seconds"],
+                                                                      rel=0.01)  # fmt: skip
+    assert choice.backend == "torch-fp32" and "too slow" in choice.why, choice.why
+    assert not (folder / RUNTIME_DIR).exists()  # the refused export is not kept
+
+
+def test_of_the_backends_that_keep_the_quality_the_fastest_serves(exported, scifact, tmp_path) -> None:
+    """The first backend tried is made slower (5 s added to its scoring): the second, not the first, serves."""
+    folder = _linked_copy(exported, tmp_path / "model")
+    _, queries, qrels = scifact
+    measured = embedder_candidate(folder, EmbedderConfig(), _documents(scifact), queries, qrels)
+    calls = []
+
+    def score(model):
+        calls.append(model)
+        if len(calls) == 2:  # the reference is scored first, then the backends in the order given
+            time.sleep(5)
+        return measured.score(model)
+
+    slowed = Candidate(measured.kind, measured.load, score, measured.warm_up)
+    choice = _gate(folder, scifact, ["onnx-fp32", "openvino-fp32"], candidate=slowed)
+    first, second = choice.tried
+    assert first["passed"] and second["passed"] and first["seconds"] > second["seconds"] + 4, choice.tried
+    assert choice.backend == "openvino-fp32" and choice.gate == second, choice.why
+    assert "the fastest of 2 that kept the quality" in choice.why
+    assert (folder / RUNTIME_DIR / "openvino-fp32").is_dir() and not (folder / RUNTIME_DIR / "onnx-fp32").exists()
+
+
 def test_job_end_gate_of_a_reranker_reranks_the_first_stage_top_k(reranker_dir, exported, scifact, tmp_path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", serving_backends=["onnx-fp32"])
+    settings = Settings(data_dir=tmp_path / "data", serving_backends=["onnx-fp32"], serving_gate_min_speedup=0.0)
     build_export(reranker_dir, FP32, "reranker", lambda: load_reranker(str(reranker_dir), "cpu"))
     folder = _linked_copy(reranker_dir, tmp_path / "reranker")
     _, queries, qrels = scifact
@@ -198,7 +235,7 @@ def test_job_end_gate_of_a_reranker_reranks_the_first_stage_top_k(reranker_dir, 
 def test_a_reranker_gate_given_the_jobs_saved_run_encodes_nothing(reranker_dir, exported, scifact, tmp_path) -> None:
     """The job's saved first-stage run stands in for the embedder: a path that cannot load proves none is loaded,
     and the verdict is the one the embedder's own run gives."""
-    settings = Settings(data_dir=tmp_path / "data", serving_backends=["onnx-fp32"])
+    settings = Settings(data_dir=tmp_path / "data", serving_backends=["onnx-fp32"], serving_gate_min_speedup=0.0)
     build_export(reranker_dir, FP32, "reranker", lambda: load_reranker(str(reranker_dir), "cpu"))
     _, queries, qrels = scifact
     data = PreparedData(_documents(scifact), {}, {}, {}, {}, "none", validation_queries=queries, validation_qrels=qrels)

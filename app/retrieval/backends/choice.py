@@ -15,12 +15,14 @@ CHOICE_FILE = "serving_backend.json"
 @dataclass(frozen=True)
 class ServingChoice:
     """``backend``: the label served; ``why``: one sentence; ``gate``: the accepted candidate's figures
-    (paired validation nDCG@10 change and its interval); ``tried``: every candidate's figures or error."""
+    (paired validation nDCG@10 change and its interval, its seconds and speedup); ``tried``: every
+    candidate's figures or error; ``reference``: torch fp32's seconds on the same scoring."""
 
     backend: str = REFERENCE.label
     why: str = "the reference: no other backend passed a gate"
     gate: dict[str, Any] | None = None
     tried: list[dict[str, Any]] = field(default_factory=list)
+    reference: dict[str, Any] | None = None
 
     @property
     def parsed(self) -> Backend:
