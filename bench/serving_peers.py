@@ -158,7 +158,8 @@ def train_models(client: httpx.Client, args: argparse.Namespace, doc_ids: list[s
         body = {"kind": kind, "dataset_id": dataset_id, "eval": json.loads(args.job_eval), "params": params}
         job = client.post("/jobs", json=body)
         job.raise_for_status()
-        ids.append(_wait(client, f"/jobs/{job.json()['id']}", {"succeeded"}, timeout=3600)["model_id"])
+        waited = _wait(client, f"/jobs/{job.json()['id']}", {"succeeded"}, timeout=args.job_timeout)
+        ids.append(waited["model_id"])
     return ids[0], ids[1]
 
 
@@ -574,6 +575,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--job-eval", default=json.dumps(JOB_EVAL), help="the jobs' eval spec (JSON)")
     parser.add_argument("--embedder-params", default=json.dumps(DEFAULT_EMBEDDER_JOB))
     parser.add_argument("--reranker-params", default=json.dumps(DEFAULT_RERANKER_JOB))
+    parser.add_argument("--job-timeout", type=float, default=4 * 3600,
+                        help="seconds to wait for each job (its gate scores every candidate backend)")  # fmt: skip
     parser.add_argument("--keep-data", type=Path, help="copy the service's data dir (with the models) here")
     parser.add_argument("--reuse-data", type=Path, help="a kept data dir: serve its newest job models, no jobs")
     parser.add_argument("--name", default="serving_peers")
