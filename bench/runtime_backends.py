@@ -33,7 +33,7 @@ from app.retrieval.backends.spec import BackendUnavailable, parse_backend
 from app.retrieval.backends.torch_backend import cpu_has_bf16
 from app.retrieval.embedder import EmbedderConfig, encode_texts, load_embedder, passage_text
 from app.services.models import bundled_model_path
-from bench.common import percentiles_ms, scifact_test_split, write_results
+from bench.common import percentiles_ms, rotating_rounds, scifact_test_split, write_results
 
 BACKENDS = ("torch-fp32", "torch-int8", "torch-bf16", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8")
 BATCH = 32
@@ -59,13 +59,12 @@ def _load(folder: Path, label: str, threads: int) -> Any:
 
 
 def _throughput(models: dict[str, Any], passages: list[str], rounds: int) -> dict[str, float]:
-    seconds: dict[str, list[float]] = {label: [] for label in models}
-    labels = list(models)
-    for r in range(rounds):
-        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
-            started = time.perf_counter()
-            encode_texts(models[label], passages, True, BATCH, task="document")
-            seconds[label].append(time.perf_counter() - started)
+    def timed(label: str) -> float:
+        started = time.perf_counter()
+        encode_texts(models[label], passages, True, BATCH, task="document")
+        return time.perf_counter() - started
+
+    seconds = rotating_rounds(list(models), rounds, timed)
     return {label: len(passages) / statistics.median(times) for label, times in seconds.items()}
 
 
